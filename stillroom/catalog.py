@@ -1,0 +1,108 @@
+"""The DuckDB catalog, shared safely between processes.
+
+DuckDB lets one read-write process lock the file against all others, readers
+included. So nobody holds a connection for long: writers open, write one short
+transaction and close under an exclusive `flock`; readers open read-only per
+query under a shared `flock`. A dashboard refresh waits at most one batch
+commit for a running flow, and a flow waits at most one query for a dashboard.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from stillroom import schema, settings
+from stillroom.errors import StillroomError
+
+
+class Catalog:
+    """Handle on one catalog file; cheap to create, holds no open connection."""
+
+    def __init__(self, path: Path | str | None = None) -> None:
+        self.path = Path(path) if path else settings.catalog_path()
+        self.lock_path = self.path.with_suffix(".lock")
+
+    @contextmanager
+    def _flock(self, exclusive: bool) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def ensure(self) -> Catalog:
+        """Create the file and bring its schema up to date."""
+        with self._flock(exclusive=True):
+            conn = duckdb.connect(str(self.path))
+            try:
+                schema.migrate(conn)
+            finally:
+                conn.close()
+        return self
+
+    @contextmanager
+    def write(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One short transaction: committed on success, rolled back on any error."""
+        with self._flock(exclusive=True):
+            conn = duckdb.connect(str(self.path))
+            try:
+                if schema.current_version(conn) < schema.LATEST_VERSION:
+                    schema.migrate(conn)
+                conn.execute("BEGIN TRANSACTION")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            finally:
+                conn.close()
+
+    @contextmanager
+    def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection for a few queries; keep the block short."""
+        if not self.path.exists():
+            raise StillroomError(
+                "no catalog here yet; run `stillroom demo` or `stillroom teacher add` first",
+                where=str(self.path),
+            )
+        with self._flock(exclusive=False):
+            conn = duckdb.connect(str(self.path), read_only=True)
+            try:
+                yield conn
+            finally:
+                conn.close()
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Run one read query and return its rows as dicts."""
+        with self.reader() as conn:
+            cursor = conn.execute(sql, list(params))
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def frame(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Run one read query and return a pandas DataFrame (for the dashboard)."""
+        with self.reader() as conn:
+            return conn.execute(sql, list(params)).df()
+
+    def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        with self.reader() as conn:
+            row = conn.execute(sql, list(params)).fetchone()
+            return row[0] if row else None
+
+
+def insert_many(conn: duckdb.DuckDBPyConnection, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+    """`executemany` that accepts an empty batch (DuckDB refuses one)."""
+    if rows:
+        conn.executemany(sql, list(rows))
+    return len(rows)

@@ -1,0 +1,103 @@
+"""Prefect flows: refresh a dataset, train a student, benchmark, and all three as `distill`."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NONE
+
+from stillroom.catalog import Catalog
+from stillroom.eval.runner import run_suite
+from stillroom.eval.suites import load_suite
+from stillroom.runs import recorded_run
+from stillroom.tasks import datasets, students
+from stillroom.tasks.dedupe import dedupe
+from stillroom.tasks.engine import SamplingConfig, close_engine
+from stillroom.tasks.filters import DEFAULT_FILTERS, apply_filters, config_hash
+from stillroom.tasks.generate import generate
+from stillroom.tasks.prompts import load_prompts
+from stillroom.tasks.teachers import get_teacher
+from stillroom.tasks.training import TrainConfig
+
+DEMO_PROMPTS = str(files("stillroom").joinpath("data/demo_prompts.yaml"))
+DEMO_SUITE = "arithmetic-mini"
+
+
+@task(cache_policy=NONE)
+def generate_responses(teacher: str, prompts: str, sampling: dict[str, Any],
+                       noncommercial: bool) -> dict[str, Any]:
+    catalog = Catalog().ensure()
+    return generate(catalog, get_teacher(catalog, teacher), load_prompts(prompts),
+                    SamplingConfig(**sampling), noncommercial=noncommercial)
+
+
+@task(cache_policy=NONE)
+def filter_and_dedupe(filters: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    catalog = Catalog()
+    with recorded_run(catalog, "filter", {"filters": filters}) as run:
+        run.summary["filters"] = apply_filters(catalog, filters, run.run_id)
+        run.summary["dedupe"] = dedupe(catalog, list(filters), config_hash(filters), run.run_id)
+    return run.summary
+
+
+@task(cache_policy=NONE)
+def cut_dataset(filters: dict[str, dict[str, Any]], name: str | None,
+                teacher: str | None) -> dict[str, Any]:
+    catalog = Catalog()
+    with recorded_run(catalog, "dataset", {"name": name, "teacher": teacher}) as run:
+        run.summary.update(datasets.cut(catalog, filters, name, teacher, run.run_id))
+    return run.summary
+
+
+@flow(name="refresh_dataset", log_prints=True)
+def refresh_dataset(teacher: str, prompts: str = DEMO_PROMPTS, max_tokens: int = 16,
+                    stop: list[str] | None = None, logprobs_k: int = 20, seed: int = 0,
+                    filters: dict[str, dict[str, Any]] | None = None,
+                    dataset_name: str | None = None, noncommercial: bool = False) -> dict[str, Any]:
+    """Generate from `teacher`, filter, dedupe, and cut an immutable dataset version."""
+    filters = filters or DEFAULT_FILTERS
+    sampling = {"max_tokens": max_tokens, "stop": tuple(stop if stop is not None else ["\n"]),
+                "logprobs_k": logprobs_k, "seed": seed}
+    generated = generate_responses(teacher, prompts, sampling, noncommercial)
+    judged = filter_and_dedupe(filters)
+    version = cut_dataset(filters, dataset_name, teacher)
+    return {"generate": generated, "filter": judged, "dataset": version}
+
+
+@flow(name="train_student", log_prints=True)
+def train_student(dataset: str, name: str, layers: int = 4, epochs: int = 3,
+                  batch_size: int = 8, lr: float = 3e-4, kd_weight: float = 0.5,
+                  temperature: float = 1.0) -> dict[str, Any]:
+    """Cut a student from the dataset's teacher and train it (SFT + top-k KD)."""
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, kd_weight=kd_weight,
+                         temperature=temperature)
+    return students.train_student(Catalog(), dataset, name, layers, config)
+
+
+@flow(name="run_benchmarks", log_prints=True)
+def run_benchmarks(models: list[str], suite: str = DEMO_SUITE) -> list[dict[str, Any]]:
+    """Run one suite on each model in turn (teachers first, so students get agreement)."""
+    catalog = Catalog()
+    loaded = load_suite(suite)
+    results = []
+    for model in models:
+        results.append(run_suite(catalog, model, loaded))
+    close_engine()
+    return results
+
+
+@flow(name="distill", log_prints=True)
+def distill(teacher: str, prompts: str = DEMO_PROMPTS, suite: str = DEMO_SUITE,
+            student: str | None = None, layers: int = 4, epochs: int = 3,
+            kd_weight: float = 0.5, max_tokens: int = 16) -> dict[str, Any]:
+    """The whole loop for one teacher: dataset, student, and teacher-vs-student benchmarks."""
+    student = student or f"{teacher}-student"
+    refreshed = refresh_dataset(teacher, prompts, max_tokens=max_tokens,
+                                dataset_name=f"{teacher}-data")
+    benchmarks = run_benchmarks([teacher], suite)  # reuses the teacher's warm engine
+    trained = train_student(refreshed["dataset"]["dataset_id"], student, layers, epochs,
+                            kd_weight=kd_weight)
+    benchmarks += run_benchmarks([f"{student}-init", student], suite)
+    return {"dataset": refreshed["dataset"], "student": trained, "benchmarks": benchmarks}

@@ -1,0 +1,162 @@
+"""The catalog schema: the only module that writes DDL. Migrations are append-only.
+
+Every key is a content hash of what the row is (see `stillroom.hashing`), so any
+stage can be re-run and re-inserting the same row is a no-op.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE runs (
+            run_id       VARCHAR PRIMARY KEY,
+            kind         VARCHAR NOT NULL,
+            flow_run_id  VARCHAR,
+            status       VARCHAR NOT NULL,
+            params       JSON,
+            summary      JSON,
+            started_at   TIMESTAMP NOT NULL,
+            finished_at  TIMESTAMP
+        );
+        CREATE TABLE teachers (
+            teacher_id         VARCHAR PRIMARY KEY,
+            name               VARCHAR NOT NULL UNIQUE,
+            model              VARCHAR NOT NULL,
+            revision           VARCHAR,
+            license            VARCHAR NOT NULL,
+            gpu_hour_usd       DOUBLE,
+            per_1m_tokens_usd  DOUBLE,
+            registered_at      TIMESTAMP NOT NULL
+        );
+        CREATE TABLE license_grants (
+            teacher_id  VARCHAR NOT NULL,
+            reference   VARCHAR NOT NULL,
+            granted_at  TIMESTAMP NOT NULL,
+            PRIMARY KEY (teacher_id, reference)
+        );
+        CREATE TABLE prompts (
+            prompt_id   VARCHAR PRIMARY KEY,
+            text        VARCHAR NOT NULL,
+            is_chat     BOOLEAN NOT NULL,
+            source      VARCHAR NOT NULL,
+            task        VARCHAR,
+            reference   JSON,
+            meta        JSON,
+            created_at  TIMESTAMP NOT NULL
+        );
+        CREATE TABLE responses (
+            response_id    VARCHAR PRIMARY KEY,
+            request_key    VARCHAR NOT NULL,
+            sample_index   INTEGER NOT NULL,
+            prompt_id      VARCHAR NOT NULL,
+            teacher_id     VARCHAR NOT NULL,
+            rendered_prompt VARCHAR NOT NULL,
+            text           VARCHAR NOT NULL,
+            prompt_tokens  INTEGER NOT NULL,
+            output_tokens  INTEGER NOT NULL,
+            finish_reason  VARCHAR,
+            token_ids      INTEGER[] NOT NULL,
+            topk_ids       INTEGER[][],
+            topk_logprobs  FLOAT[][],
+            sampling       JSON NOT NULL,
+            latency_s      DOUBLE,
+            run_id         VARCHAR NOT NULL,
+            created_at     TIMESTAMP NOT NULL
+        );
+        CREATE INDEX responses_request ON responses (request_key);
+        CREATE TABLE verdicts (
+            response_id  VARCHAR NOT NULL,
+            stage        VARCHAR NOT NULL,
+            config_hash  VARCHAR NOT NULL,
+            keep         BOOLEAN NOT NULL,
+            reason       VARCHAR,
+            run_id       VARCHAR NOT NULL,
+            created_at   TIMESTAMP NOT NULL,
+            PRIMARY KEY (response_id, stage, config_hash)
+        );
+        CREATE TABLE datasets (
+            dataset_id   VARCHAR PRIMARY KEY,
+            name         VARCHAR,
+            n_rows       INTEGER NOT NULL,
+            config       JSON NOT NULL,
+            manifest     JSON NOT NULL,
+            run_id       VARCHAR NOT NULL,
+            created_at   TIMESTAMP NOT NULL
+        );
+        CREATE TABLE dataset_rows (
+            dataset_id   VARCHAR NOT NULL,
+            position     INTEGER NOT NULL,
+            response_id  VARCHAR NOT NULL,
+            PRIMARY KEY (dataset_id, position)
+        );
+        CREATE TABLE students (
+            student_id   VARCHAR PRIMARY KEY,
+            name         VARCHAR NOT NULL UNIQUE,
+            dataset_id   VARCHAR,
+            path         VARCHAR NOT NULL,
+            init         VARCHAR NOT NULL,
+            config       JSON NOT NULL,
+            provenance   JSON NOT NULL,
+            metrics      JSON,
+            run_id       VARCHAR NOT NULL,
+            created_at   TIMESTAMP NOT NULL
+        );
+        CREATE TABLE eval_results (
+            eval_id            VARCHAR PRIMARY KEY,
+            model_kind         VARCHAR NOT NULL,
+            model_name         VARCHAR NOT NULL,
+            suite              VARCHAR NOT NULL,
+            suite_hash         VARCHAR NOT NULL,
+            n_items            INTEGER NOT NULL,
+            accuracy           DOUBLE NOT NULL,
+            ci_low             DOUBLE NOT NULL,
+            ci_high            DOUBLE NOT NULL,
+            agreement          DOUBLE,
+            output_tokens      INTEGER NOT NULL,
+            wall_s             DOUBLE NOT NULL,
+            tokens_per_s       DOUBLE NOT NULL,
+            usd_per_1m_tokens  DOUBLE,
+            run_id             VARCHAR NOT NULL,
+            created_at         TIMESTAMP NOT NULL
+        );
+        CREATE TABLE eval_items (
+            eval_id   VARCHAR NOT NULL,
+            item_id   VARCHAR NOT NULL,
+            prompt    VARCHAR NOT NULL,
+            output    VARCHAR NOT NULL,
+            expected  VARCHAR,
+            score     DOUBLE NOT NULL,
+            PRIMARY KEY (eval_id, item_id)
+        );
+        """,
+    ),
+]
+
+LATEST_VERSION = MIGRATIONS[-1][0]
+
+
+def current_version(conn: duckdb.DuckDBPyConnection) -> int:
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version ("
+        "version INTEGER PRIMARY KEY, applied_at TIMESTAMP NOT NULL)"
+    )
+    row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+    return row[0] or 0
+
+
+def migrate(conn: duckdb.DuckDBPyConnection) -> int:
+    """Apply every migration newer than the catalog's version, each in its own transaction."""
+    version = current_version(conn)
+    for number, ddl in MIGRATIONS:
+        if number <= version:
+            continue
+        conn.execute("BEGIN TRANSACTION")
+        conn.execute(ddl)
+        conn.execute("INSERT INTO schema_version VALUES (?, now())", [number])
+        conn.execute("COMMIT")
+        version = number
+    return version

@@ -1,0 +1,135 @@
+"""Dataset versions: immutable snapshots of kept rows, with a manifest that carries provenance."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from stillroom import settings
+from stillroom.catalog import Catalog, insert_many
+from stillroom.errors import StillroomError
+from stillroom.hashing import canonical_json, content_hash
+from stillroom.tasks import dedupe
+from stillroom.tasks.filters import config_hash
+from stillroom.tasks.licenses import terms_for
+
+log = logging.getLogger(__name__)
+
+ROW_COLUMNS = ("response_id, prompt_id, teacher_id, rendered_prompt AS prompt, text AS response,"
+               " token_ids, topk_ids, topk_logprobs, finish_reason")
+
+
+def _kept_rows_sql(filter_names: list[str]) -> str:
+    return (f"SELECT c.response_id FROM ({dedupe.kept_by_filters_sql(filter_names)}) c"
+            f" JOIN verdicts d ON d.response_id = c.response_id AND d.stage = '{dedupe.STAGE}'"
+            f"  AND d.config_hash = $chash AND d.keep"
+            f" JOIN teachers t ON t.teacher_id = c.teacher_id"
+            f" WHERE $teacher IS NULL OR t.name = $teacher"
+            f" ORDER BY c.created_at, c.response_id")
+
+
+def _teacher_provenance(catalog: Catalog, teacher_ids: list[str]) -> list[dict[str, Any]]:
+    teachers = catalog.rows(
+        "SELECT teacher_id, name, model, revision, license FROM teachers"
+        " WHERE list_contains(?, teacher_id) ORDER BY name", [teacher_ids])
+    for t in teachers:
+        terms = terms_for(t["license"])
+        t.update(license_name=terms.name, verdict=terms.verdict,
+                 obligations=list(terms.obligations),
+                 grants=[g["reference"] for g in catalog.rows(
+                     "SELECT reference FROM license_grants WHERE teacher_id = ?",
+                     [t["teacher_id"]])])
+    return teachers
+
+
+def cut(catalog: Catalog, filters: dict[str, dict[str, Any]], name: str | None = None,
+        teacher: str | None = None, run_id: str = "") -> dict[str, Any]:
+    """Snapshot every kept, deduped row into an immutable version (reused if identical)."""
+    chash = config_hash(filters)
+    with catalog.reader() as conn:
+        ids = [r[0] for r in conn.execute(_kept_rows_sql(list(filters)),
+                                          {"chash": chash, "teacher": teacher}).fetchall()]
+        teacher_ids = [r[0] for r in conn.execute(
+            "SELECT DISTINCT teacher_id FROM responses WHERE list_contains(?, response_id)",
+            [ids]).fetchall()]
+    if not ids:
+        raise StillroomError("no kept rows to snapshot; generate and filter first",
+                             where=f"dataset (teacher={teacher or 'any'})")
+    config = {"filters": filters, "filters_hash": chash, "teacher": teacher}
+    dataset_id = content_hash(sorted(ids), config)
+    manifest = {"dataset_id": dataset_id, "name": name, "rows": len(ids), "config": config,
+                "config_hash": content_hash(config),
+                "teachers": _teacher_provenance(catalog, teacher_ids), "row_ids": ids}
+    with catalog.write() as conn:
+        if conn.execute("SELECT 1 FROM datasets WHERE dataset_id = ?", [dataset_id]).fetchone():
+            log.info("dataset %s already exists (%d rows)", dataset_id, len(ids))
+            return {"dataset_id": dataset_id, "rows": len(ids), "created": False}
+        conn.execute("INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?, now())",
+                     [dataset_id, name, len(ids), canonical_json(config),
+                      canonical_json(manifest), run_id])
+        insert_many(conn, "INSERT INTO dataset_rows VALUES (?, ?, ?)",
+                         [(dataset_id, i, rid) for i, rid in enumerate(ids)])
+    log.info("cut dataset %s: %d rows from %d teacher(s)", dataset_id, len(ids), len(teacher_ids))
+    return {"dataset_id": dataset_id, "rows": len(ids), "created": True}
+
+
+def resolve(catalog: Catalog, ref: str) -> str:
+    """A dataset id from an id, a unique id prefix, a name, or `latest`."""
+    if ref == "latest":
+        rows = catalog.rows("SELECT dataset_id FROM datasets ORDER BY created_at DESC LIMIT 1")
+    else:
+        rows = catalog.rows("SELECT dataset_id FROM datasets WHERE dataset_id LIKE ? || '%'"
+                            " OR name = ? ORDER BY created_at DESC", [ref, ref])
+    if not rows:
+        raise StillroomError(f"no dataset {ref!r}; see `stillroom dataset list`", where="--dataset")
+    return rows[0]["dataset_id"]
+
+
+def manifest(catalog: Catalog, dataset_id: str) -> dict[str, Any]:
+    return json.loads(catalog.scalar("SELECT manifest FROM datasets WHERE dataset_id = ?",
+                                     [dataset_id]))
+
+
+def load(catalog: Catalog, dataset_id: str) -> Any:
+    """The version as a `datasets.Dataset`, in snapshot order, with soft labels."""
+    import datasets
+
+    table = catalog.frame(
+        f"SELECT {ROW_COLUMNS} FROM dataset_rows d JOIN responses USING (response_id)"
+        " WHERE d.dataset_id = ? ORDER BY d.position", [dataset_id])
+    return datasets.Dataset.from_pandas(table, preserve_index=False)
+
+
+def export(catalog: Catalog, dataset_id: str, out: Path, fmt: str = "jsonl") -> Path:
+    """Write the version as `jsonl` (chat messages), `parquet` or `hf` (save_to_disk)."""
+    data = load(catalog, dataset_id)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").write_text(json.dumps(manifest(catalog, dataset_id), indent=2))
+    if fmt == "hf":
+        data.save_to_disk(str(out / "hf"))
+        return out / "hf"
+    if fmt == "parquet":
+        data.to_parquet(str(out / "data.parquet"))
+        return out / "data.parquet"
+    if fmt == "jsonl":
+        path = out / "data.jsonl"
+        with path.open("w", encoding="utf-8") as f:
+            for row in data:
+                f.write(json.dumps({"id": row["response_id"], "messages": [
+                    {"role": "user", "content": row["prompt"]},
+                    {"role": "assistant", "content": row["response"]}]}) + "\n")
+        return path
+    raise StillroomError(f"unknown format {fmt!r}; use jsonl, parquet or hf", where="--format")
+
+
+def list_versions(catalog: Catalog) -> list[dict[str, Any]]:
+    if not catalog.path.exists():
+        return []
+    return catalog.rows("SELECT dataset_id, name, n_rows, created_at FROM datasets"
+                        " ORDER BY created_at DESC")
+
+
+def default_export_dir(dataset_id: str) -> Path:
+    return settings.datasets_dir() / dataset_id

