@@ -38,6 +38,7 @@ def apply_engine_env() -> None:
 def apply_prefect_env() -> None:
     """Keep Prefect's state beside the catalog and offline; call before importing prefect."""
     os.environ.setdefault("PREFECT_HOME", str(home() / "prefect"))
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("DO_NOT_TRACK", "1")

@@ -6,12 +6,31 @@ from pathlib import Path
 
 CORPUS = [
     "Question: What is 3 + 4?\nAnswer: 7",
-    "Find the Greatest Common Divisor (GCD) of these numbers: 12, 18.",
-    "The quick brown fox jumps over the lazy dog.",
-    "Explain photosynthesis to a beginner in two sentences.",
+    "Question: Find the GCD of 12, 18.\nAnswer: 6",
+    "Tell me about tea. Tea is a drink made from leaves.",
+    "Tell me about rain. Rain is water that falls from clouds.",
+    "Tell me about foxes. A fox is a quick brown animal.",
+    "Tell me about maps. A map is a picture of a place.",
     "0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 + - * / = ?",
     "Distillation trains a small student model on a teacher's outputs.",
 ]
+
+
+def _memorise(model, tokenizer, texts: list[str], steps: int = 150) -> None:
+    """A few seconds of training so greedy answers are corpus-like text that ends in <eos>."""
+    import torch
+
+    batch = tokenizer([t + tokenizer.eos_token for t in texts], padding=True,
+                      return_tensors="pt")
+    labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        loss = model(**batch, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
 
 
 def build_tiny_model(out: Path, seed: int = 0) -> Path:
@@ -38,6 +57,7 @@ def build_tiny_model(out: Path, seed: int = 0) -> Path:
                          bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
                          pad_token_id=fast.pad_token_id)
     model = LlamaForCausalLM(config)
+    _memorise(model, fast, CORPUS)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     fast.save_pretrained(out)

@@ -51,7 +51,7 @@ def cut_dataset(filters: dict[str, dict[str, Any]], name: str | None,
     return run.summary
 
 
-@flow(name="refresh_dataset", log_prints=True)
+@flow(name="refresh_dataset")
 def refresh_dataset(teacher: str, prompts: str = DEMO_PROMPTS, max_tokens: int = 16,
                     stop: list[str] | None = None, logprobs_k: int = 20, seed: int = 0,
                     filters: dict[str, dict[str, Any]] | None = None,
@@ -66,7 +66,7 @@ def refresh_dataset(teacher: str, prompts: str = DEMO_PROMPTS, max_tokens: int =
     return {"generate": generated, "filter": judged, "dataset": version}
 
 
-@flow(name="train_student", log_prints=True)
+@flow(name="train_student")
 def train_student(dataset: str, name: str, layers: int = 4, epochs: int = 3,
                   batch_size: int = 8, lr: float = 3e-4, kd_weight: float = 0.5,
                   temperature: float = 1.0) -> dict[str, Any]:
@@ -76,7 +76,7 @@ def train_student(dataset: str, name: str, layers: int = 4, epochs: int = 3,
     return students.train_student(Catalog(), dataset, name, layers, config)
 
 
-@flow(name="run_benchmarks", log_prints=True)
+@flow(name="run_benchmarks")
 def run_benchmarks(models: list[str], suite: str = DEMO_SUITE) -> list[dict[str, Any]]:
     """Run one suite on each model in turn (teachers first, so students get agreement)."""
     catalog = Catalog()
@@ -88,13 +88,14 @@ def run_benchmarks(models: list[str], suite: str = DEMO_SUITE) -> list[dict[str,
     return results
 
 
-@flow(name="distill", log_prints=True)
+@flow(name="distill")
 def distill(teacher: str, prompts: str = DEMO_PROMPTS, suite: str = DEMO_SUITE,
             student: str | None = None, layers: int = 4, epochs: int = 3,
-            kd_weight: float = 0.5, max_tokens: int = 16) -> dict[str, Any]:
+            kd_weight: float = 0.5, max_tokens: int = 16,
+            stop: list[str] | None = None) -> dict[str, Any]:
     """The whole loop for one teacher: dataset, student, and teacher-vs-student benchmarks."""
     student = student or f"{teacher}-student"
-    refreshed = refresh_dataset(teacher, prompts, max_tokens=max_tokens,
+    refreshed = refresh_dataset(teacher, prompts, max_tokens=max_tokens, stop=stop,
                                 dataset_name=f"{teacher}-data")
     benchmarks = run_benchmarks([teacher], suite)  # reuses the teacher's warm engine
     trained = train_student(refreshed["dataset"]["dataset_id"], student, layers, epochs,

@@ -1,0 +1,125 @@
+"""The `distill` flow end to end under a Prefect test server, then the CLI and dashboard on it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stillroom.catalog import Catalog
+from stillroom.tasks import teachers
+
+SUITE = """
+name: tiny-suite
+template: "Question: {question}\\nAnswer:"
+shots: 2
+generation: {max_tokens: 8, stop: ["\\n"]}
+tasks:
+  - {task: basic_arithmetic, size: 12, seed: 5,
+     config: {min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 1}}
+metrics: [accuracy, agreement]
+"""
+
+
+@pytest.fixture(scope="module")
+def distilled(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
+    from stillroom.flows.distill import distill
+
+    root = tmp_path_factory.mktemp("flow")
+    home = root / "home"
+    prompts = root / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": f"Tell me about {t}."})
+                                 for t in ("tea", "rain", "foxes", "maps", "tides", "glass")))
+    suite = root / "suite.yaml"
+    suite.write_text(SUITE)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STILLROOM_HOME", str(home))
+        catalog = Catalog().ensure()
+        teachers.add_teacher(catalog, "tiny", str(tiny_model), "gemma", gpu_hour_usd=1.0)
+        state = distill(teacher="tiny", prompts=str(prompts), suite=str(suite), layers=2,
+                        epochs=4, max_tokens=24, return_state=True)
+    return home, catalog, state
+
+
+def test_distill_flow_completes_and_records_everything(distilled) -> None:
+    _, catalog, state = distilled
+    assert state.is_completed()
+    result = state.result()
+    assert result["dataset"]["rows"] > 0
+    assert [b["model"] for b in result["benchmarks"]] == ["tiny", "tiny-student-init",
+                                                          "tiny-student"]
+    student = next(b for b in result["benchmarks"] if b["model"] == "tiny-student")
+    assert student["agreement"] is not None and student["tokens_per_s"] > 0
+    runs = catalog.rows("SELECT kind, status, flow_run_id FROM runs")
+    assert {r["kind"] for r in runs} >= {"generate", "filter", "dataset", "train", "eval"}
+    assert all(r["status"] == "completed" and r["flow_run_id"] for r in runs)
+    evals = catalog.rows("SELECT model_name, n_items, ci_low, accuracy, ci_high,"
+                         " usd_per_1m_tokens FROM eval_results")
+    assert len(evals) == 3
+    for e in evals:
+        assert e["n_items"] == 12 and e["ci_low"] <= e["accuracy"] <= e["ci_high"]
+        assert e["usd_per_1m_tokens"] > 0
+    card = json.loads(catalog.scalar("SELECT provenance FROM students WHERE name = 'tiny-student'"))
+    assert card["teachers"][0]["license"] == "gemma"
+    assert any("Gemma Terms of Use" in o for o in card["teachers"][0]["obligations"])
+
+
+def run_cli(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "STILLROOM_HOME": str(home)}
+    return subprocess.run([sys.executable, "-m", "stillroom.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_reads_the_catalog(distilled) -> None:
+    home, _, _ = distilled
+    shown = run_cli(home, "provenance", "tiny-student")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["provenance"]["teachers"][0]["name"] == "tiny"
+    listed = run_cli(home, "dataset", "list")
+    assert listed.returncode == 0 and "tiny-data" in listed.stdout
+    teachers_out = run_cli(home, "teacher", "list")
+    assert "tiny" in teachers_out.stdout and "gemma" in teachers_out.stdout
+
+
+def test_cli_errors_are_one_clear_line(distilled, tmp_path: Path) -> None:
+    home, catalog, _ = distilled
+    before = catalog.scalar("SELECT count(*) FROM teachers")
+    cases = [
+        (["teacher", "add", "x", "--model", "/no/such/model", "--license", "mit"],
+         "no model checkpoint"),
+        (["teacher", "add", "x", "--model", "org/name", "--license", "nope"], "unknown license"),
+        (["generate", "--teacher", "ghost", "--prompts", "x.jsonl"], "no teacher named 'ghost'"),
+        (["eval", "--model", "tiny", "--suite", str(tmp_path / "missing.yaml")], "no suite file"),
+        (["provenance", "nobody"], "no student named"),
+    ]
+    for args, message in cases:
+        result = run_cli(home, *args)
+        assert result.returncode == 2, (args, result.stderr)
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("stillroom: error:") and message in last, last
+    assert catalog.scalar("SELECT count(*) FROM teachers") == before
+
+
+def test_dashboard_pages_render_the_catalog(distilled) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    home, _, _ = distilled
+    app = Path(__file__).parents[1] / "stillroom" / "dashboard" / "app.py"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STILLROOM_HOME", str(home))
+        at = AppTest.from_file(str(app), default_timeout=60).run()
+        assert not at.exception
+        assert at.title[0].value == "Teachers and students"
+        table = at.dataframe[0].value
+        assert set(table["model"]) == {"tiny", "tiny-student-init", "tiny-student"}
+        at.sidebar.radio[0].set_value("Responses").run()
+        assert not at.exception
+        assert at.title[0].value == "Responses"
+        rows = at.dataframe[0].value
+        assert len(rows) > 0 and {"kept", "dropped_because", "response"} <= set(rows.columns)
+        at.radio[0].set_value("dropped").run()
+        assert not at.exception

@@ -1,0 +1,119 @@
+"""The stages on a real engine: vLLM generation with top-k, resume, dedupe, versions, training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from stillroom.catalog import Catalog
+from stillroom.tasks import datasets, teachers
+from stillroom.tasks.dedupe import dedupe
+from stillroom.tasks.engine import SamplingConfig
+from stillroom.tasks.filters import apply_filters, config_hash
+from stillroom.tasks.generate import generate
+from stillroom.tasks.prompts import Prompt
+from stillroom.tasks.students import provenance, train_student
+from stillroom.tasks.training import TrainConfig, distillation_loss
+
+FILTERS = {"empty": {}, "truncated": {}, "repetition": {}, "length": {}}
+PROMPTS = [Prompt(f"Tell me about {topic}.", "test") for topic in
+           ("tides", "rust", "tea", "foxes", "maps", "rain", "bread", "glass")]
+GREEDY = SamplingConfig(max_tokens=24, logprobs_k=5)
+
+
+@pytest.fixture(scope="module")
+def generated(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
+    catalog = Catalog(tmp_path_factory.mktemp("pipeline") / "catalog.duckdb").ensure()
+    teacher = teachers.add_teacher(catalog, "tiny", str(tiny_model), "apache-2.0",
+                                   gpu_hour_usd=1.0, emit_event=False)
+    first = generate(catalog, teacher, PROMPTS, GREEDY, batch_size=3, progress=False)
+    return catalog, teacher, first
+
+
+def test_generation_stores_every_token_with_its_top_k(generated) -> None:
+    catalog, _, first = generated
+    assert first["requests_sent"] == len(PROMPTS) and first["responses_stored"] == len(PROMPTS)
+    assert first["failed"] == 0 and first["usd"] > 0
+    rows = catalog.rows("SELECT token_ids, topk_ids, topk_logprobs, output_tokens, prompt_tokens,"
+                        " sampling FROM responses")
+    for row in rows:
+        assert row["output_tokens"] == len(row["token_ids"]) == len(row["topk_ids"]) > 0
+        assert row["prompt_tokens"] > 0
+        for token, ids, lps in zip(row["token_ids"], row["topk_ids"], row["topk_logprobs"],
+                                   strict=True):
+            assert len(ids) == len(lps) == 5
+            assert ids[0] == token  # greedy: the chosen token is the teacher's top-1
+            assert all(a >= b for a, b in zip(lps, lps[1:])) and lps[0] <= 0
+        assert json.loads(row["sampling"])["logprobs_k"] == 5
+
+
+def test_rerun_sends_only_missing_requests(generated) -> None:
+    catalog, teacher, _ = generated
+    again = generate(catalog, teacher, PROMPTS + [Prompt("One more?", "test")], GREEDY,
+                     progress=False)
+    assert again["cache_hits"] == len(PROMPTS) and again["requests_sent"] == 1
+    assert catalog.scalar("SELECT count(*) FROM responses") == len(PROMPTS) + 1
+
+
+def test_filters_and_dedupe_across_runs(generated) -> None:
+    catalog, teacher, _ = generated
+    # A new seed is a new request key, but greedy decoding repeats every text exactly.
+    reseeded = SamplingConfig(**{**GREEDY.as_dict(), "stop": GREEDY.stop, "seed": 1})
+    generate(catalog, teacher, PROMPTS, reseeded, progress=False)
+    chash = config_hash(FILTERS)
+    apply_filters(catalog, FILTERS, run_id="test")
+    result = dedupe(catalog, list(FILTERS), chash, run_id="test")
+    assert result["duplicates"] >= len(PROMPTS)
+    reasons = catalog.rows("SELECT reason FROM verdicts WHERE stage = 'dedupe:exact'"
+                           " AND NOT keep")
+    assert all(r["reason"].startswith("duplicate of ") for r in reasons)
+    again = dedupe(catalog, list(FILTERS), chash, run_id="test")
+    assert again == {"judged": 0, "duplicates": 0}  # verdicts are final
+
+
+def test_dataset_version_is_immutable_and_loadable(generated, tmp_path: Path) -> None:
+    catalog, _, _ = generated
+    version = datasets.cut(catalog, FILTERS, name="tiny-v1")
+    assert version["created"] and version["rows"] > 0
+    assert datasets.cut(catalog, FILTERS, name="tiny-v1")["created"] is False
+    data = datasets.load(catalog, version["dataset_id"])
+    assert len(data) == version["rows"]
+    assert {"prompt", "response", "token_ids", "topk_ids", "topk_logprobs"} <= set(data.features)
+    manifest = datasets.manifest(catalog, version["dataset_id"])
+    assert manifest["teachers"][0]["license"] == "apache-2.0"
+    assert sorted(manifest["row_ids"]) == sorted(data["response_id"])
+    path = datasets.export(catalog, version["dataset_id"], tmp_path, "jsonl")
+    first = json.loads(path.read_text().splitlines()[0])
+    assert [m["role"] for m in first["messages"]] == ["user", "assistant"]
+
+
+def test_training_lowers_the_loss_and_records_provenance(generated, home: Path) -> None:
+    catalog, _, _ = generated
+    dataset_id = datasets.cut(catalog, FILTERS)["dataset_id"]
+    summary = train_student(catalog, dataset_id, "tiny-student", layers=2,
+                            config=TrainConfig(epochs=6, batch_size=4, lr=3e-3), progress=False)
+    assert summary["last_loss"] < summary["first_loss"]
+    record = provenance(catalog, "tiny-student")
+    assert record["dataset_id"] == dataset_id
+    assert record["provenance"]["teachers"][0]["name"] == "tiny"
+    assert record["provenance"]["layers"] == [0, 3]
+    assert (Path(record["path"]) / "config.json").exists()
+    assert "apache-2.0" in (Path(record["path"]) / "README.md").read_text()
+    init = provenance(catalog, "tiny-student-init")
+    assert init["dataset_id"] is None
+
+
+def test_kd_term_vanishes_when_student_matches_teacher() -> None:
+    vocab, k = 10, 3
+    teacher_logits = torch.randn(4, vocab)
+    top = teacher_logits.log_softmax(-1).topk(k)
+    batch = {"targets": top.indices[:, 0], "kd_ids": top.indices, "kd_mask": torch.ones(4, dtype=bool),
+             "kd_logprobs": top.values}
+    masked = torch.full((4, vocab), -1e4).scatter(1, top.indices, top.values)
+    _, parts = distillation_loss(masked, batch, TrainConfig(kd_weight=1.0))
+    assert parts["kd"] == pytest.approx(0.0, abs=1e-5)
+    _, parts = distillation_loss(torch.zeros(4, vocab), batch, TrainConfig(kd_weight=1.0))
+    assert parts["kd"] > 0.01
