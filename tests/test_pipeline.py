@@ -46,7 +46,7 @@ def test_generation_stores_every_token_with_its_top_k(generated) -> None:
                                    strict=True):
             assert len(ids) == len(lps) == 5
             assert ids[0] == token  # greedy: the chosen token is the teacher's top-1
-            assert all(a >= b for a, b in zip(lps, lps[1:])) and lps[0] <= 0
+            assert all(a >= b for a, b in zip(lps, lps[1:], strict=False)) and lps[0] <= 0
         assert json.loads(row["sampling"])["logprobs_k"] == 5
 
 
@@ -110,8 +110,8 @@ def test_kd_term_vanishes_when_student_matches_teacher() -> None:
     vocab, k = 10, 3
     teacher_logits = torch.randn(4, vocab)
     top = teacher_logits.log_softmax(-1).topk(k)
-    batch = {"targets": top.indices[:, 0], "kd_ids": top.indices, "kd_mask": torch.ones(4, dtype=bool),
-             "kd_logprobs": top.values}
+    batch = {"targets": top.indices[:, 0], "kd_ids": top.indices, "kd_logprobs": top.values,
+             "kd_mask": torch.ones(4, dtype=torch.bool)}
     masked = torch.full((4, vocab), -1e4).scatter(1, top.indices, top.values)
     _, parts = distillation_loss(masked, batch, TrainConfig(kd_weight=1.0))
     assert parts["kd"] == pytest.approx(0.0, abs=1e-5)

@@ -1,0 +1,82 @@
+"""`stillroom serve`: a local Prefect server, the work pool, the deployments, and a worker."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from stillroom.errors import StillroomError
+
+log = logging.getLogger(__name__)
+WORK_POOL = "stillroom"
+
+
+def _prefect(*args: str) -> list[str]:
+    return [sys.executable, "-m", "prefect", *args]
+
+
+def _wait_healthy(url: str, server: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise StillroomError(f"the Prefect server exited with code {server.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise StillroomError(f"the Prefect server did not answer at {url} within {timeout:.0f}s")
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    for proc in processes:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in processes:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def serve(project: Path, port: int = 4200) -> None:
+    """Run until Ctrl-C (or SIGTERM); then stop the worker and the server cleanly."""
+    project = project.resolve()
+    if not (project / "prefect.yaml").is_file():
+        raise StillroomError("no prefect.yaml here; run from the Stillroom project directory",
+                             where=str(project))
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_API_URL": api}
+    processes: list[subprocess.Popen] = []
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        server = subprocess.Popen(_prefect("server", "start", "--host", "127.0.0.1", "--port",
+                                           str(port)), env=env, cwd=project)
+        processes.append(server)
+        _wait_healthy(api, server)
+        subprocess.run(_prefect("work-pool", "create", WORK_POOL, "--type", "process",
+                                "--overwrite"), env=env, cwd=project, check=True,
+                       stdout=subprocess.DEVNULL)
+        subprocess.run(_prefect("--no-prompt", "deploy", "--all"), env=env, cwd=project,
+                       check=True, stdout=subprocess.DEVNULL)
+        worker = subprocess.Popen(_prefect("worker", "start", "--pool", WORK_POOL), env=env,
+                                  cwd=project)
+        processes.append(worker)
+        print(f"Stillroom is serving: Prefect UI http://127.0.0.1:{port}  (Ctrl-C to stop)",
+              flush=True)
+        while all(p.poll() is None for p in processes):
+            time.sleep(1)
+        raise StillroomError("a Prefect process exited unexpectedly; stopping the rest")
+    except KeyboardInterrupt:
+        print("stopping the worker and the Prefect server", flush=True)
+    except subprocess.CalledProcessError as exc:
+        raise StillroomError(f"setting up deployments failed: {' '.join(exc.cmd[2:])}") from exc
+    finally:
+        _stop(list(reversed(processes)))
