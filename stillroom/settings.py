@@ -25,11 +25,20 @@ def datasets_dir() -> Path:
     return home() / "datasets"
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def apply_engine_env() -> None:
     """Defaults that keep vLLM on a CPU host bounded and quiet; explicit settings win."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    if "VLLM_ENABLE_V1_MULTIPROCESSING" not in os.environ and not _has_cuda():
+        # On CPU the engine core in-process starts ~5x faster (no worker spawn and re-import).
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

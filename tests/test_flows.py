@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,39 @@ def test_dashboard_pages_render_the_catalog(distilled) -> None:
         assert len(rows) > 0 and {"kept", "dropped_because", "response"} <= set(rows.columns)
         at.radio[0].set_value("dropped").run()
         assert not at.exception
+
+
+def test_dashboard_in_a_real_browser(distilled, tmp_path: Path) -> None:
+    import shutil
+    import urllib.request
+
+    from browser import Chromium, free_port
+
+    binary = shutil.which("chromium")
+    if binary is None and not os.environ.get("CI"):
+        pytest.skip("chromium is not installed (CI installs it)")
+    home, _, _ = distilled
+    port = free_port()
+    app = Path(__file__).parents[1] / "stillroom" / "dashboard" / "app.py"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless=true",
+         f"--server.port={port}", "--browser.gatherUsageStats=false"],
+        env={**os.environ, "STILLROOM_HOME": str(home)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        with Chromium(binary or "chromium") as browser:
+            browser.open(f"http://127.0.0.1:{port}")
+            page = browser.text()
+            browser.screenshot(tmp_path / "overview.png")
+            assert "Teachers and students" in page
+            assert "Suite: tiny-suite" in page and "Students and their provenance" in page
+            assert "Traceback" not in page and "Error" not in page
+    finally:
+        server.terminate()
+        server.wait(timeout=20)

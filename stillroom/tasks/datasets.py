@@ -33,7 +33,7 @@ def _kept_rows_sql(filter_names: list[str]) -> str:
 def _teacher_provenance(catalog: Catalog, teacher_ids: list[str]) -> list[dict[str, Any]]:
     teachers = catalog.rows(
         "SELECT teacher_id, name, model, revision, license FROM teachers"
-        " WHERE list_contains(?, teacher_id) ORDER BY name", [teacher_ids])
+        " WHERE teacher_id IN (SELECT unnest(?)) ORDER BY name", [teacher_ids])
     for t in teachers:
         terms = terms_for(t["license"])
         t.update(license_name=terms.name, verdict=terms.verdict,
@@ -52,7 +52,7 @@ def cut(catalog: Catalog, filters: dict[str, dict[str, Any]], name: str | None =
         ids = [r[0] for r in conn.execute(_kept_rows_sql(list(filters)),
                                           {"chash": chash, "teacher": teacher}).fetchall()]
         teacher_ids = [r[0] for r in conn.execute(
-            "SELECT DISTINCT teacher_id FROM responses WHERE list_contains(?, response_id)",
+            "SELECT DISTINCT teacher_id FROM responses WHERE response_id IN (SELECT unnest(?))",
             [ids]).fetchall()]
     if not ids:
         raise StillroomError("no kept rows to snapshot; generate and filter first",

@@ -11,8 +11,10 @@ import logging
 from typing import Any
 
 from stillroom.catalog import Catalog, insert_many
+from stillroom.errors import StillroomError
 from stillroom.eval.metrics import normalize
 from stillroom.hashing import content_hash
+from stillroom.tasks.filters import FILTERS
 
 log = logging.getLogger(__name__)
 STAGE = "dedupe:exact"
@@ -23,7 +25,11 @@ def text_key(prompt: str, response: str) -> str:
 
 
 def kept_by_filters_sql(filter_names: list[str]) -> str:
-    """Responses that every named filter judged `keep` under the config hash bound to `?`."""
+    """Responses that every named filter judged `keep` under the config hash bound to `$chash`."""
+    unknown = [name for name in filter_names if name not in FILTERS]
+    if unknown:
+        raise StillroomError(f"unknown filters {unknown}; known: {sorted(FILTERS)}",
+                             where="filters")
     conditions = " AND ".join(
         f"EXISTS (SELECT 1 FROM verdicts v WHERE v.response_id = r.response_id"
         f" AND v.stage = 'filter:{name}' AND v.config_hash = $chash AND v.keep)"

@@ -37,13 +37,10 @@ def request_key(teacher: Teacher, rendered: str, sampling: SamplingConfig) -> st
 
 def answered_keys(catalog: Catalog, keys: list[str], n: int) -> set[str]:
     """Keys whose `n` samples are all stored already."""
-    with catalog.reader() as conn:
-        conn.execute("CREATE TEMP TABLE wanted (k VARCHAR)")
-        insert_many(conn, "INSERT INTO wanted VALUES (?)", [(k,) for k in keys])
-        rows = conn.execute(
-            "SELECT request_key FROM responses WHERE request_key IN (SELECT k FROM wanted)"
-            " GROUP BY request_key HAVING count(DISTINCT sample_index) >= ?", [n]).fetchall()
-    return {r[0] for r in rows}
+    rows = catalog.rows(
+        "SELECT request_key FROM responses WHERE request_key IN (SELECT unnest(?))"
+        " GROUP BY request_key HAVING count(DISTINCT sample_index) >= ?", [keys, n])
+    return {r["request_key"] for r in rows}
 
 
 def _response_rows(batch: Sequence[tuple[Prompt, str, str]], results: list[list[Completion]],

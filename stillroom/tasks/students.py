@@ -26,7 +26,12 @@ def _register(catalog: Catalog, name: str, dataset_id: str | None, path: Path, i
               run_id: str) -> str:
     student_id = content_hash(name, dataset_id, init, config)
     with catalog.write() as conn:
-        conn.execute("DELETE FROM students WHERE name = ?", [name])
+        existing = conn.execute("SELECT student_id FROM students WHERE name = ?",
+                                [name]).fetchone()
+        if existing and existing[0] != student_id:
+            raise StillroomError("a different student already has this name; choose another",
+                                 where=name)
+        conn.execute("DELETE FROM students WHERE student_id = ?", [student_id])
         conn.execute("INSERT INTO students VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, now())",
                      [student_id, name, dataset_id, str(path), init, canonical_json(config),
                       canonical_json(provenance), canonical_json(metrics) if metrics else None,
