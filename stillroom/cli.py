@@ -112,7 +112,8 @@ def cmd_dashboard(args: argparse.Namespace) -> None:
         raise StillroomError("no catalog yet; run `stillroom demo` first",
                              where=str(settings.catalog_path()))
     subprocess.run([sys.executable, "-m", "streamlit", "run", str(app), "--server.headless=true",
-                    f"--server.port={args.port}", "--browser.gatherUsageStats=false"], check=False)
+                    f"--server.port={args.port}", "--browser.gatherUsageStats=false",
+                    "--client.toolbarMode=viewer"], check=False)
 
 
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:

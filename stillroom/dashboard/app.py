@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import altair as alt
 import streamlit as st
 
 from stillroom.catalog import Catalog
 from stillroom.dashboard import queries
 from stillroom.errors import StillroomError
+
+
+def accuracy_chart(table) -> alt.LayerChart:
+    """Accuracy per model with its 95% interval, coloured by teacher/student."""
+    base = alt.Chart(table).encode(y=alt.Y("model:N", sort=None, title=None))
+    bars = base.mark_bar().encode(
+        x=alt.X("accuracy:Q", scale=alt.Scale(domain=[0, 1])), color="kind:N",
+        tooltip=["model", "accuracy", "ci_low", "ci_high", "tokens_per_s"])
+    whiskers = base.mark_rule(color="black").encode(x="ci_low:Q", x2="ci_high:Q")
+    return (bars + whiskers).properties(height=40 * len(table) + 20)
 
 
 def overview(catalog: Catalog) -> None:
@@ -24,8 +35,8 @@ def overview(catalog: Catalog) -> None:
         table = table.assign(
             interval=table.apply(lambda r: f"[{r.ci_low:.2f}, {r.ci_high:.2f}]", axis=1))
         st.dataframe(
-            table[["model", "kind", "items", "accuracy", "interval", "agreement", "tokens_per_s",
-                   "usd_per_1m_tokens"]],
+            table[["teacher", "model", "kind", "items", "accuracy", "interval", "agreement",
+                   "tokens_per_s", "usd_per_1m_tokens"]],
             hide_index=True,
             column_config={
                 "accuracy": st.column_config.ProgressColumn(
@@ -34,7 +45,7 @@ def overview(catalog: Catalog) -> None:
                 "tokens_per_s": st.column_config.NumberColumn("tok/s", format="%.1f"),
                 "usd_per_1m_tokens": st.column_config.NumberColumn("$ / 1M tok", format="%.4f"),
             })
-        st.bar_chart(table, x="model", y="accuracy")
+        st.altair_chart(accuracy_chart(table), use_container_width=True)
     st.subheader("Students and their provenance")
     st.dataframe(queries.students(catalog), hide_index=True)
 
@@ -46,12 +57,35 @@ def browse(catalog: Catalog) -> None:
     teacher = left.selectbox("Teacher", ["all", *teachers])
     status = mid.radio("Rows", ["all", "kept", "dropped"], horizontal=True)
     limit = right.number_input("Show at most", 10, 5000, 200, step=50)
+    reasons = queries.drop_reasons(catalog)
+    if not reasons.empty:
+        with st.expander(f"Why rows were dropped ({int(reasons['rows'].sum())} verdicts)"):
+            st.dataframe(reasons, hide_index=True)
     rows = queries.responses(catalog, None if teacher == "all" else teacher, status, int(limit))
     st.caption(f"{len(rows)} responses")
     st.dataframe(rows, hide_index=True, column_config={
         "kept": st.column_config.CheckboxColumn("kept"),
         "prompt": st.column_config.TextColumn(width="medium"),
-        "response": st.column_config.TextColumn(width="medium")})
+        "dropped_because": st.column_config.TextColumn("dropped because", width="medium")})
+    if not rows.empty:
+        inspect(catalog, st.selectbox("Inspect a response", rows["response_id"]))
+
+
+def inspect(catalog: Catalog, response_id: str) -> None:
+    detail = queries.response_detail(catalog, response_id)
+    st.markdown(f"**Teacher** {detail['teacher']} · license `{detail['license']}` · revision "
+                f"`{detail['revision'] or 'unpinned'}` · batch latency {detail['latency_s']:.2f}s")
+    left, right = st.columns(2)
+    left.text_area("Prompt as sent", detail["prompt"], height=220, disabled=True)
+    right.text_area("Response", detail["text"], height=220, disabled=True)
+    st.dataframe(detail["verdicts"], hide_index=True)
+    if detail["topk_ids"]:
+        st.caption("Soft labels: the teacher's top-k at each generated token (first 8 tokens)")
+        st.dataframe([{"step": i, "token": token, "top ids": ids[:5],
+                       "top logprobs": [round(x, 3) for x in lps[:5]]}
+                      for i, (token, ids, lps) in enumerate(zip(
+                          detail["token_ids"], detail["topk_ids"], detail["topk_logprobs"],
+                          strict=False)) if i < 8], hide_index=True)
 
 
 def main() -> None:

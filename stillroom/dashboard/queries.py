@@ -7,12 +7,15 @@ from typing import Any
 from stillroom.catalog import Catalog
 
 LATEST_EVALS = """
-SELECT e.model_name AS model, e.model_kind AS kind, e.suite, e.n_items AS items,
+SELECT coalesce(json_extract_string(s.provenance, '$.teachers[0].name'), e.model_name)
+         AS teacher,
+       e.model_name AS model, e.model_kind AS kind, e.suite, e.n_items AS items,
        e.accuracy, e.ci_low, e.ci_high, e.agreement, e.tokens_per_s,
        e.usd_per_1m_tokens, e.created_at
 FROM eval_results e
+LEFT JOIN students s ON s.name = e.model_name
 QUALIFY row_number() OVER (PARTITION BY e.model_name, e.suite ORDER BY e.created_at DESC) = 1
-ORDER BY e.suite, e.model_kind DESC, e.model_name
+ORDER BY e.suite, teacher, e.model_kind DESC, e.model_name
 """
 
 STUDENTS = """
@@ -23,10 +26,12 @@ FROM students s ORDER BY s.created_at DESC
 """
 
 RESPONSES = """
-SELECT r.response_id, t.name AS teacher, p.source, p.task, r.rendered_prompt AS prompt,
-       r.text AS response, r.finish_reason, r.output_tokens, r.created_at,
-       coalesce(bool_and(v.keep), TRUE) AS kept,
-       string_agg(v.stage || ': ' || v.reason, '; ') FILTER (WHERE NOT v.keep) AS dropped_because
+SELECT r.response_id, t.name AS teacher, p.task,
+       coalesce(json_extract_string(p.reference, '$.question'), p.text) AS prompt,
+       r.text AS response, coalesce(bool_and(v.keep), TRUE) AS kept,
+       string_agg(v.stage || ': ' || v.reason, '; ') FILTER (WHERE NOT v.keep) AS dropped_because,
+       json_extract_string(p.reference, '$.answer') AS expected,
+       r.finish_reason, r.output_tokens, p.source, r.created_at
 FROM responses r
 JOIN prompts p USING (prompt_id)
 JOIN teachers t USING (teacher_id)
@@ -55,6 +60,33 @@ def responses(catalog: Catalog, teacher: str | None, status: str, limit: int = 2
     with catalog.reader() as conn:
         return conn.execute(RESPONSES, {"teacher": teacher, "status": status,
                                         "limit": limit}).df()
+
+
+DROP_REASONS = """
+SELECT stage, regexp_replace(reason, '(duplicate of|expected) .*', '\\1 …') AS reason,
+       count(*) AS rows
+FROM verdicts WHERE NOT keep GROUP BY ALL ORDER BY rows DESC
+"""
+
+
+def drop_reasons(catalog: Catalog) -> Any:
+    return catalog.frame(DROP_REASONS)
+
+
+def response_detail(catalog: Catalog, response_id: str) -> dict[str, Any]:
+    """One response in full: rendered prompt, text, verdicts and its first top-k soft labels."""
+    with catalog.reader() as conn:
+        row = conn.execute(
+            "SELECT r.rendered_prompt, r.text, r.token_ids, r.topk_ids, r.topk_logprobs,"
+            " r.sampling, r.latency_s, t.name AS teacher, t.license, t.revision"
+            " FROM responses r JOIN teachers t USING (teacher_id) WHERE r.response_id = ?",
+            [response_id]).fetchone()
+        verdicts = conn.execute(
+            "SELECT stage, keep, reason, created_at FROM verdicts WHERE response_id = ?"
+            " ORDER BY stage", [response_id]).df()
+    names = ("prompt", "text", "token_ids", "topk_ids", "topk_logprobs", "sampling",
+             "latency_s", "teacher", "license", "revision")
+    return {**dict(zip(names, row, strict=True)), "verdicts": verdicts}
 
 
 def counts(catalog: Catalog) -> dict[str, int]:
