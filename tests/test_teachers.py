@@ -86,7 +86,8 @@ def test_registering_emits_the_prefect_event(catalog: Catalog, tiny_model: Path)
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventNameFilter
 
-    teachers.add_teacher(catalog, "evented", str(tiny_model), "apache-2.0")
+    assert teachers.emit_registered(
+        teachers.add_teacher(catalog, "evented", str(tiny_model), "apache-2.0"))
 
     async def find() -> list:
         async with get_client() as client:

@@ -67,8 +67,8 @@ def validate_spec(name: str, model: str, license_id: str, gpu_hour_usd: float | 
 
 def add_teacher(catalog: Catalog, name: str, model: str, license_id: str,
                 revision: str | None = None, gpu_hour_usd: float | None = None,
-                per_1m_tokens_usd: float | None = None, emit_event: bool = True) -> Teacher:
-    """Register a teacher (idempotent for an identical spec) and announce it to Prefect."""
+                per_1m_tokens_usd: float | None = None) -> Teacher:
+    """Register a teacher (idempotent for an identical spec); see `emit_registered`."""
     validate_spec(name, model, license_id, gpu_hour_usd, per_1m_tokens_usd)
     if _looks_like_path(model):
         model = str(Path(model).expanduser().resolve())
@@ -101,22 +101,30 @@ def add_teacher(catalog: Catalog, name: str, model: str, license_id: str,
                  per_1m_tokens_usd],
             )
     log.info("registered teacher %s (%s, license %s)", name, model, license_id)
-    if emit_event:
-        emit_registered(teacher)
     return teacher
 
 
-def emit_registered(teacher: Teacher) -> None:
-    """Emit `stillroom.teacher.registered` so the event-triggered distill deployment can run."""
-    from prefect.events import emit_event
+def emit_registered(teacher: Teacher) -> bool:
+    """Emit `stillroom.teacher.registered` so the event-triggered distill deployment runs.
 
-    emit_event(
+    Only where a Prefect API is configured (`stillroom serve`, a server, Cloud): with none,
+    Prefect would start a throwaway server that dies with this process, so nobody could react.
+    """
+    from prefect.events import emit_event
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:
+        log.warning("no Prefect API configured (PREFECT_API_URL); %s not emitted",
+                    TEACHER_REGISTERED_EVENT)
+        return False
+    event = emit_event(
         event=TEACHER_REGISTERED_EVENT,
         resource={"prefect.resource.id": f"stillroom.teacher.{teacher.name}",
                   "prefect.resource.name": teacher.name,
                   "stillroom.license": teacher.license},
         payload={"teacher": teacher.name, "model": teacher.model, "revision": teacher.revision},
     )
+    return event is not None
 
 
 def get_teacher(catalog: Catalog, name: str) -> Teacher:
