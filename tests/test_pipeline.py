@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from stillroom.catalog import Catalog
-from stillroom.tasks import datasets, teachers
+from stillroom.tasks import datasets, soft_labels, teachers
 from stillroom.tasks.dedupe import dedupe
 from stillroom.tasks.engine import SamplingConfig
 from stillroom.tasks.filters import apply_filters, config_hash
@@ -37,9 +37,11 @@ def test_generation_stores_every_token_with_its_top_k(generated) -> None:
     catalog, _, first = generated
     assert first["requests_sent"] == len(PROMPTS) and first["responses_stored"] == len(PROMPTS)
     assert first["failed"] == 0 and first["usd"] > 0
-    rows = catalog.rows("SELECT token_ids, topk_ids, topk_logprobs, output_tokens, prompt_tokens,"
-                        " sampling FROM responses")
+    assert 0 < first["topk_bytes_per_entry"] < 4
+    rows = catalog.rows("SELECT token_ids, soft_labels, output_tokens, prompt_tokens, sampling"
+                        " FROM responses")
     for row in rows:
+        row["topk_ids"], row["topk_logprobs"] = soft_labels.decode(row["soft_labels"])
         assert row["output_tokens"] == len(row["token_ids"]) == len(row["topk_ids"]) > 0
         assert row["prompt_tokens"] > 0
         for token, ids, lps in zip(row["token_ids"], row["topk_ids"], row["topk_logprobs"],
@@ -141,3 +143,26 @@ def test_chat_template_is_applied_where_the_tokenizer_has_one(tiny_model: Path,
         "SELECT rendered_prompt FROM responses"))
     assert rendered == ["<|system|>Be brief.\n<|user|>Tell me about tea.\n<|assistant|>",
                         "<|user|>Tell me about rain.\n<|assistant|>"]
+
+
+def test_vllm_and_transformers_store_the_same_rows(tiny_model: Path, tmp_path: Path) -> None:
+    prompts = PROMPTS[:5] + [Prompt("Question: What is 3 + 4?\nAnswer:", "test")]
+    stored = {}
+    for backend in ("vllm", "transformers"):
+        catalog = Catalog(tmp_path / f"{backend}.duckdb").ensure()
+        teacher = teachers.add_teacher(catalog, "tiny", str(tiny_model), "mit")
+        for sampling in (GREEDY, SamplingConfig(max_tokens=24, logprobs_k=5, stop=(" is",))):
+            generate(catalog, teacher, prompts, sampling, backend=backend, progress=False)
+        stored[backend] = catalog.rows(
+            "SELECT request_key, text, token_ids, finish_reason, prompt_tokens, soft_labels"
+            " FROM responses ORDER BY request_key")
+    assert len(stored["vllm"]) == 2 * len(prompts)
+    for a, b in zip(stored["vllm"], stored["transformers"], strict=True):
+        assert (a["request_key"], a["text"], a["token_ids"], a["finish_reason"],
+                a["prompt_tokens"]) == (b["request_key"], b["text"], b["token_ids"],
+                                        b["finish_reason"], b["prompt_tokens"])
+        ids_a, lps_a = soft_labels.decode(a["soft_labels"])
+        ids_b, lps_b = soft_labels.decode(b["soft_labels"])
+        assert [ids[:3] for ids in ids_a] == [ids[:3] for ids in ids_b]
+        assert max(abs(x - y) for row_a, row_b in zip(lps_a, lps_b, strict=True)
+                   for x, y in zip(row_a[:3], row_b[:3], strict=True)) <= 1 / 32

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from stillroom.catalog import Catalog
+from stillroom.tasks import soft_labels
 
 LATEST_EVALS = """
 SELECT coalesce(json_extract_string(s.provenance, '$.teachers[0].name'), e.model_name)
@@ -77,16 +78,18 @@ def response_detail(catalog: Catalog, response_id: str) -> dict[str, Any]:
     """One response in full: rendered prompt, text, verdicts and its first top-k soft labels."""
     with catalog.reader() as conn:
         row = conn.execute(
-            "SELECT r.rendered_prompt, r.text, r.token_ids, r.topk_ids, r.topk_logprobs,"
+            "SELECT r.rendered_prompt, r.text, r.token_ids, r.soft_labels,"
             " r.sampling, r.latency_s, t.name AS teacher, t.license, t.revision"
             " FROM responses r JOIN teachers t USING (teacher_id) WHERE r.response_id = ?",
             [response_id]).fetchone()
         verdicts = conn.execute(
             "SELECT stage, keep, reason, created_at FROM verdicts WHERE response_id = ?"
             " ORDER BY stage", [response_id]).df()
-    names = ("prompt", "text", "token_ids", "topk_ids", "topk_logprobs", "sampling",
-             "latency_s", "teacher", "license", "revision")
-    return {**dict(zip(names, row, strict=True)), "verdicts": verdicts}
+    names = ("prompt", "text", "token_ids", "soft_labels", "sampling", "latency_s", "teacher",
+             "license", "revision")
+    detail = dict(zip(names, row, strict=True))
+    detail["topk_ids"], detail["topk_logprobs"] = soft_labels.decode(detail.pop("soft_labels"))
+    return {**detail, "verdicts": verdicts}
 
 
 def counts(catalog: Catalog) -> dict[str, int]:

@@ -14,7 +14,7 @@ from stillroom.eval.metrics import METRICS, score_with
 from stillroom.eval.suites import Suite
 from stillroom.hashing import content_hash
 from stillroom.runs import recorded_run
-from stillroom.tasks.engine import VLLMEngine, engine_for
+from stillroom.tasks.engine import Engine, engine_for
 from stillroom.tasks.teachers import Teacher, get_teacher
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def _teacher_outputs(catalog: Catalog, teacher: str, suite_hash: str) -> dict[st
 
 
 def run_suite(catalog: Catalog, model_name: str, suite: Suite,
-              engine: VLLMEngine | None = None) -> dict[str, Any]:
+              engine: Engine | None = None) -> dict[str, Any]:
     """Greedy answers for every item, scored; returns and stores accuracy, CI, agreement, speed."""
     ref = resolve_model(catalog, model_name)
     with recorded_run(catalog, "eval", {"model": model_name, "suite": suite.name}) as run:

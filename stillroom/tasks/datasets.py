@@ -11,14 +11,14 @@ from stillroom import settings
 from stillroom.catalog import Catalog, insert_many
 from stillroom.errors import StillroomError
 from stillroom.hashing import canonical_json, content_hash
-from stillroom.tasks import dedupe
+from stillroom.tasks import dedupe, soft_labels
 from stillroom.tasks.filters import config_hash
 from stillroom.tasks.licenses import terms_for
 
 log = logging.getLogger(__name__)
 
 ROW_COLUMNS = ("response_id, prompt_id, teacher_id, rendered_prompt AS prompt, text AS response,"
-               " token_ids, topk_ids, topk_logprobs, finish_reason")
+               " token_ids, soft_labels, finish_reason")
 
 
 def _kept_rows_sql(filter_names: list[str]) -> str:
@@ -99,6 +99,9 @@ def load(catalog: Catalog, dataset_id: str) -> Any:
     table = catalog.frame(
         f"SELECT {ROW_COLUMNS} FROM dataset_rows d JOIN responses USING (response_id)"
         " WHERE d.dataset_id = ? ORDER BY d.position", [dataset_id])
+    decoded = [soft_labels.decode(blob) for blob in table.pop("soft_labels")]
+    table["topk_ids"] = [ids for ids, _ in decoded]
+    table["topk_logprobs"] = [lps for _, lps in decoded]
     return datasets.Dataset.from_pandas(table, preserve_index=False)
 
 

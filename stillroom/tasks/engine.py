@@ -61,8 +61,34 @@ class Completion:
     topk_logprobs: list[list[float]] = field(default_factory=list)
 
 
-class VLLMEngine:
+class Engine:
+    """What every backend shares: the model it serves and how prompts become text."""
+
+    backend = "base"
+    model: str
+    revision: str | None
+    tokenizer: Any
+
+    def render(self, prompt: Prompt) -> str:
+        """The exact text sent to the model: chat template where the tokenizer has one."""
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(
+                prompt.messages, tokenize=False, add_generation_prompt=True)
+        if prompt.is_chat:
+            return "\n\n".join(m["content"] for m in prompt.messages)
+        return prompt.text
+
+    def generate(self, rendered: list[str], sampling: SamplingConfig) -> list[list[Completion]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Free the model; the engine cannot be used afterwards."""
+
+
+class VLLMEngine(Engine):
     """A `vllm.LLM` for one model checkpoint (hub id or local path)."""
+
+    backend = "vllm"
 
     def __init__(self, model: str, revision: str | None = None, max_model_len: int = 2048,
                  dtype: str = "float32", seed: int = 0) -> None:
@@ -84,15 +110,6 @@ class VLLMEngine:
         self.start_seconds = time.monotonic() - started
         self.tokenizer = self.llm.get_tokenizer()
         log.info("vLLM engine for %s ready in %.1fs", model, self.start_seconds)
-
-    def render(self, prompt: Prompt) -> str:
-        """The exact text sent to the model: chat template where the tokenizer has one."""
-        if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(
-                prompt.messages, tokenize=False, add_generation_prompt=True)
-        if prompt.is_chat:
-            return "\n\n".join(m["content"] for m in prompt.messages)
-        return prompt.text
 
     def generate(self, rendered: list[str], sampling: SamplingConfig) -> list[list[Completion]]:
         """`sampling.n` completions for each rendered prompt, in order."""
@@ -126,16 +143,26 @@ def _completion(output: Any, prompt_tokens: int, k: int) -> Completion:
                       topk_ids=topk_ids, topk_logprobs=topk_logprobs)
 
 
-_current: VLLMEngine | None = None
+BACKENDS = ("vllm", "transformers")
+_current: Engine | None = None
 
 
-def engine_for(model: str, revision: str | None = None) -> VLLMEngine:
+def engine_for(model: str, revision: str | None = None, backend: str = "vllm") -> Engine:
     """The process's engine for `model`, started on first use (the previous one shut down)."""
     global _current
-    if _current is not None and (_current.model, _current.revision) == (model, revision):
+    if backend not in BACKENDS:
+        raise StillroomError(f"unknown backend {backend!r}; use one of {BACKENDS}",
+                             where="--backend")
+    if _current is not None and (_current.model, _current.revision,
+                                 _current.backend) == (model, revision, backend):
         return _current
     close_engine()
-    _current = VLLMEngine(model, revision)
+    if backend == "transformers":
+        from stillroom.tasks.hf_engine import TransformersEngine
+
+        _current = TransformersEngine(model, revision)
+    else:
+        _current = VLLMEngine(model, revision)
     return _current
 
 

@@ -18,7 +18,8 @@ from tqdm import tqdm
 from stillroom.catalog import Catalog, insert_many
 from stillroom.hashing import canonical_json, content_hash
 from stillroom.runs import recorded_run
-from stillroom.tasks.engine import Completion, SamplingConfig, VLLMEngine, engine_for
+from stillroom.tasks import soft_labels
+from stillroom.tasks.engine import Completion, Engine, SamplingConfig, engine_for
 from stillroom.tasks.prompts import Prompt, store_prompts
 from stillroom.tasks.teachers import Teacher, authorize
 
@@ -51,27 +52,32 @@ def _response_rows(batch: Sequence[tuple[Prompt, str, str]], results: list[list[
         for index, c in enumerate(samples):
             rows.append((content_hash(key, index), key, index, prompt.prompt_id, teacher.teacher_id,
                          rendered, c.text, c.prompt_tokens, len(c.token_ids), c.finish_reason,
-                         c.token_ids, c.topk_ids, c.topk_logprobs,
+                         c.token_ids, soft_labels.encode(c.topk_ids, c.topk_logprobs),
+                         sampling.logprobs_k,
                          canonical_json(sampling.as_dict()), seconds, run_id))
     return rows
 
 
 def generate(catalog: Catalog, teacher: Teacher, prompts: list[Prompt], sampling: SamplingConfig,
-             batch_size: int = 64, noncommercial: bool = False,
-             engine: VLLMEngine | None = None, progress: bool = True) -> dict[str, Any]:
-    """Query `teacher` for every prompt not answered yet; returns the run's summary."""
+             batch_size: int = 64, noncommercial: bool = False, engine: Engine | None = None,
+             backend: str = "vllm", progress: bool = True) -> dict[str, Any]:
+    """Query `teacher` for every prompt not answered yet; returns the run's summary.
+
+    The backend is not part of a request's key: every backend stores the same rows for the
+    same request (greedy, fp32), so an answer from one satisfies a re-run on another.
+    """
     terms = authorize(catalog, teacher, noncommercial)  # before any model is loaded
     store_prompts(catalog, prompts)
     params = {"teacher": teacher.name, "prompts": len(prompts), "sampling": sampling.as_dict(),
-              "license": terms.license_id}
+              "license": terms.license_id, "backend": backend}
     with recorded_run(catalog, "generate", params) as run:
-        engine = engine or engine_for(teacher.model, teacher.revision)
+        engine = engine or engine_for(teacher.model, teacher.revision, backend)
         requests = [(p, rendered := engine.render(p), request_key(teacher, rendered, sampling))
                     for p in prompts]
         unique = list({key: (p, r, key) for p, r, key in requests}.values())
         done = answered_keys(catalog, [key for _, _, key in unique], sampling.n)
         todo = [req for req in unique if req[2] not in done]
-        stored = output_tokens = 0
+        stored = output_tokens = label_bytes = label_entries = 0
         engine_seconds = 0.0
         bar = tqdm(total=len(todo), desc=f"generate[{teacher.name}]", unit="req",
                    disable=not progress or not todo)
@@ -86,6 +92,8 @@ def generate(catalog: Catalog, teacher: Teacher, prompts: list[Prompt], sampling
                     " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())", rows)
             stored += len(rows)
             output_tokens += sum(row[8] for row in rows)
+            label_bytes += sum(len(row[11] or b"") for row in rows)
+            label_entries += sum(row[8] * row[12] for row in rows if row[11])
             bar.update(len(batch))
         bar.close()
         usd = teacher.usd_for(output_tokens, engine_seconds)
@@ -93,6 +101,7 @@ def generate(catalog: Catalog, teacher: Teacher, prompts: list[Prompt], sampling
             run_id=run.run_id, teacher=teacher.name, requests_sent=len(todo),
             cache_hits=len(unique) - len(todo), responses_stored=stored, failed=0,
             output_tokens=output_tokens, engine_seconds=round(engine_seconds, 3),
+            topk_bytes_per_entry=round(label_bytes / label_entries, 3) if label_entries else None,
             usd=round(usd, 6) if usd is not None else None)
     log.info("generated %d responses from %s (%d cached requests)", stored, teacher.name,
              run.summary["cache_hits"])

@@ -1,0 +1,55 @@
+"""Crash safety: `kill -9` mid-run loses no committed row and re-sends no answered request."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from stillroom.catalog import Catalog
+from stillroom.tasks import teachers
+
+PROMPTS = 120
+
+
+def generate_cli(home: Path, prompts: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "stillroom.cli", "generate", "--teacher", "tiny", "--prompts",
+         str(prompts), "--batch-size", "1", "--max-tokens", "16", "--logprobs-k", "5"],
+        env={**os.environ, "STILLROOM_HOME": str(home)}, stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True)
+
+
+def test_kill_9_then_rerun_loses_nothing_and_repeats_nothing(tiny_model: Path,
+                                                             tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    catalog = Catalog(home / "catalog.duckdb").ensure()
+    teachers.add_teacher(catalog, "tiny", str(tiny_model), "mit")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": f"Tell me about thing number {i}."})
+                                 for i in range(PROMPTS)))
+
+    victim = generate_cli(home, prompts)
+    deadline = time.monotonic() + 240
+    while catalog.scalar("SELECT count(*) FROM responses") < 10:
+        assert victim.poll() is None, "the run finished before it could be killed"
+        assert time.monotonic() < deadline, "no responses were committed"
+        time.sleep(0.05)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    survived = catalog.scalar("SELECT count(*) FROM responses")
+    assert 10 <= survived < PROMPTS
+    assert catalog.scalar("SELECT count(DISTINCT request_key) FROM responses") == survived
+
+    rerun = generate_cli(home, prompts)
+    out, _ = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["cache_hits"] == survived
+    assert summary["requests_sent"] == summary["responses_stored"] == PROMPTS - survived
+    assert catalog.scalar("SELECT count(*) FROM responses") == PROMPTS
+    assert catalog.scalar("SELECT count(DISTINCT request_key) FROM responses") == PROMPTS
