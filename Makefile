@@ -12,8 +12,8 @@ demo: setup
 	$(BIN)/stillroom demo
 
 test: setup
-	$(BIN)/ruff check stillroom tests scripts
+	$(BIN)/ruff check stillroom tests scripts bench
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check stillroom tests scripts
+	$(BIN)/ruff check stillroom tests scripts bench

@@ -7,9 +7,11 @@ the same teacher reuses it); asking for another model shuts the old one down.
 from __future__ import annotations
 
 import gc
+import itertools
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -79,6 +81,15 @@ class Engine:
         return prompt.text
 
     def generate(self, rendered: list[str], sampling: SamplingConfig) -> list[list[Completion]]:
+        """`sampling.n` completions for each rendered prompt, in prompt order."""
+        results: list[list[Completion]] = [[] for _ in rendered]
+        for index, samples in self.stream(rendered, sampling):
+            results[index] = samples
+        return results
+
+    def stream(self, rendered: list[str],
+               sampling: SamplingConfig) -> Iterator[tuple[int, list[Completion]]]:
+        """(prompt index, completions) for each prompt as soon as it finishes, in any order."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -111,17 +122,37 @@ class VLLMEngine(Engine):
         self.tokenizer = self.llm.get_tokenizer()
         log.info("vLLM engine for %s ready in %.1fs", model, self.start_seconds)
 
-    def generate(self, rendered: list[str], sampling: SamplingConfig) -> list[list[Completion]]:
-        """`sampling.n` completions for each rendered prompt, in order."""
+    def stream(self, rendered: list[str], sampling: SamplingConfig,
+               max_in_flight: int = 512) -> Iterator[tuple[int, list[Completion]]]:
+        """Keep the engine saturated and hand back each request the moment it finishes.
+
+        Continuous batching across the whole run: the caller commits finished rows while
+        the rest keep decoding, instead of the engine idling between fixed batches.
+        """
         from vllm import SamplingParams
 
         params = SamplingParams(
             n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
             max_tokens=sampling.max_tokens, seed=sampling.seed, stop=list(sampling.stop) or None,
             logprobs=sampling.logprobs_k or None)
-        outputs = self.llm.generate(rendered, params, use_tqdm=False)
-        return [[_completion(out, len(req.prompt_token_ids or []), sampling.logprobs_k)
-                 for out in req.outputs] for req in outputs]
+        engine = self.llm.llm_engine
+        position: dict[str, int] = {}
+        queued = iter(enumerate(rendered))
+
+        def submit(count: int) -> None:
+            for index, text in itertools.islice(queued, count):
+                (request_id,) = self.llm.enqueue([text], params, use_tqdm=False)
+                # Outputs carry the id's counter part only ("7" for "7-1a2b"), as in LLM itself.
+                position[request_id.split("-", 1)[0]] = index
+
+        submit(max_in_flight)
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                if out.finished:
+                    submit(1)
+                    yield position.pop(out.request_id), [
+                        _completion(o, len(out.prompt_token_ids or []), sampling.logprobs_k)
+                        for o in out.outputs]
 
     def close(self) -> None:
         core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)

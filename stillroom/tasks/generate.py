@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, NamedTuple, TypeVar
 
 from tqdm import tqdm
 
@@ -27,11 +27,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
 def request_key(teacher: Teacher, rendered: str, sampling: SamplingConfig) -> str:
     return content_hash(teacher.teacher_id, teacher.revision, rendered, sampling.as_dict())
 
@@ -44,18 +39,61 @@ def answered_keys(catalog: Catalog, keys: list[str], n: int) -> set[str]:
     return {r["request_key"] for r in rows}
 
 
-def _response_rows(batch: Sequence[tuple[Prompt, str, str]], results: list[list[Completion]],
-                   teacher: Teacher, sampling: SamplingConfig, seconds: float,
-                   run_id: str) -> list[tuple]:
-    rows = []
-    for (prompt, rendered, key), samples in zip(batch, results, strict=True):
-        for index, c in enumerate(samples):
-            rows.append((content_hash(key, index), key, index, prompt.prompt_id, teacher.teacher_id,
-                         rendered, c.text, c.prompt_tokens, len(c.token_ids), c.finish_reason,
-                         c.token_ids, soft_labels.encode(c.topk_ids, c.topk_logprobs),
-                         sampling.logprobs_k,
-                         canonical_json(sampling.as_dict()), seconds, run_id))
-    return rows
+class ResponseRow(NamedTuple):
+    """One `responses` row, in the table's column order (created_at is set by the insert)."""
+
+    response_id: str
+    request_key: str
+    sample_index: int
+    prompt_id: str
+    teacher_id: str
+    rendered_prompt: str
+    text: str
+    prompt_tokens: int
+    output_tokens: int
+    finish_reason: str | None
+    token_ids: list[int]
+    soft_labels: bytes | None
+    topk_k: int
+    sampling: str
+    latency_s: float
+    run_id: str
+
+
+@dataclass
+class Tally:
+    """Running totals of what a generation run committed."""
+
+    responses: int = 0
+    output_tokens: int = 0
+    label_bytes: int = 0
+    label_entries: int = 0
+
+    def add(self, rows: list[ResponseRow]) -> None:
+        self.responses += len(rows)
+        self.output_tokens += sum(row.output_tokens for row in rows)
+        self.label_bytes += sum(len(row.soft_labels or b"") for row in rows)
+        self.label_entries += sum(row.output_tokens * row.topk_k for row in rows
+                                  if row.soft_labels)
+
+    @property
+    def bytes_per_entry(self) -> float | None:
+        return round(self.label_bytes / self.label_entries, 3) if self.label_entries else None
+
+
+INSERT_RESPONSES = f"INSERT OR IGNORE INTO responses VALUES ({'?, ' * 16}now())"
+
+
+def _response_rows(request: tuple[Prompt, str, str], samples: list[Completion],
+                   teacher: Teacher, sampling: SamplingConfig, latency: float,
+                   run_id: str) -> list[ResponseRow]:
+    prompt, rendered, key = request
+    return [
+        ResponseRow(content_hash(key, index), key, index, prompt.prompt_id, teacher.teacher_id,
+                    rendered, c.text, c.prompt_tokens, len(c.token_ids), c.finish_reason,
+                    c.token_ids, soft_labels.encode(c.topk_ids, c.topk_logprobs),
+                    sampling.logprobs_k, canonical_json(sampling.as_dict()), latency, run_id)
+        for index, c in enumerate(samples)]
 
 
 def generate(catalog: Catalog, teacher: Teacher, prompts: list[Prompt], sampling: SamplingConfig,
@@ -77,32 +115,35 @@ def generate(catalog: Catalog, teacher: Teacher, prompts: list[Prompt], sampling
         unique = list({key: (p, r, key) for p, r, key in requests}.values())
         done = answered_keys(catalog, [key for _, _, key in unique], sampling.n)
         todo = [req for req in unique if req[2] not in done]
-        stored = output_tokens = label_bytes = label_entries = 0
-        engine_seconds = 0.0
+        tally = Tally()
         bar = tqdm(total=len(todo), desc=f"generate[{teacher.name}]", unit="req",
                    disable=not progress or not todo)
-        for batch in chunks(todo, batch_size):
-            started = time.monotonic()
-            results = engine.generate([rendered for _, rendered, _ in batch], sampling)
-            seconds = time.monotonic() - started
-            engine_seconds += seconds
-            rows = _response_rows(batch, results, teacher, sampling, seconds, run.run_id)
+        pending: list[ResponseRow] = []
+
+        def commit() -> None:
             with catalog.write() as conn:
-                insert_many(conn, "INSERT OR IGNORE INTO responses VALUES"
-                    " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())", rows)
-            stored += len(rows)
-            output_tokens += sum(row[8] for row in rows)
-            label_bytes += sum(len(row[11] or b"") for row in rows)
-            label_entries += sum(row[8] * row[12] for row in rows if row[11])
-            bar.update(len(batch))
+                insert_many(conn, INSERT_RESPONSES, pending)
+            tally.add(pending)
+            pending.clear()
+
+        started = time.monotonic()
+        for index, samples in engine.stream([rendered for _, rendered, _ in todo], sampling):
+            latency = time.monotonic() - started  # submission to completion, under this load
+            pending += _response_rows(todo[index], samples, teacher, sampling, latency,
+                                      run.run_id)
+            bar.update(1)
+            if len(pending) >= batch_size:
+                commit()
+        commit()
+        engine_seconds = time.monotonic() - started
         bar.close()
-        usd = teacher.usd_for(output_tokens, engine_seconds)
+        usd = teacher.usd_for(tally.output_tokens, engine_seconds)
         run.summary.update(
             run_id=run.run_id, teacher=teacher.name, requests_sent=len(todo),
-            cache_hits=len(unique) - len(todo), responses_stored=stored, failed=0,
-            output_tokens=output_tokens, engine_seconds=round(engine_seconds, 3),
-            topk_bytes_per_entry=round(label_bytes / label_entries, 3) if label_entries else None,
+            cache_hits=len(unique) - len(todo), responses_stored=tally.responses, failed=0,
+            output_tokens=tally.output_tokens, engine_seconds=round(engine_seconds, 3),
+            topk_bytes_per_entry=tally.bytes_per_entry,
             usd=round(usd, 6) if usd is not None else None)
-    log.info("generated %d responses from %s (%d cached requests)", stored, teacher.name,
-             run.summary["cache_hits"])
+    log.info("generated %d responses from %s (%d cached requests)", tally.responses,
+             teacher.name, run.summary["cache_hits"])
     return run.summary

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 
 import torch
 
@@ -36,11 +37,11 @@ class TransformersEngine(Engine):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.start_seconds = time.monotonic() - started
 
-    def generate(self, rendered: list[str], sampling: SamplingConfig) -> list[list[Completion]]:
-        results: list[list[Completion]] = []
+    def stream(self, rendered: list[str],
+               sampling: SamplingConfig) -> Iterator[tuple[int, list[Completion]]]:
         for start in range(0, len(rendered), self.batch_size):
-            results += self._batch(rendered[start:start + self.batch_size], sampling)
-        return results
+            batch = self._batch(rendered[start:start + self.batch_size], sampling)
+            yield from enumerate(batch, start=start)
 
     @torch.inference_mode()
     def _batch(self, texts: list[str], sampling: SamplingConfig) -> list[list[Completion]]:
