@@ -106,3 +106,18 @@ def insert_many(conn: duckdb.DuckDBPyConnection, sql: str, rows: Sequence[Sequen
     if rows:
         conn.executemany(sql, list(rows))
     return len(rows)
+
+
+def insert_records(conn: duckdb.DuckDBPyConnection, table: str, rows: Sequence[Any]) -> int:
+    """Bulk-insert NamedTuples whose fields name `table`'s columns, via Arrow (fast for many
+    rows with list and blob columns); `created_at` is stamped now, existing keys are kept."""
+    if not rows:
+        return 0
+    import pyarrow as pa
+
+    columns = list(rows[0]._fields)
+    batch = pa.Table.from_pylist([row._asdict() for row in rows])  # noqa: F841 (scanned below)
+    names = ", ".join(columns)
+    conn.execute(f"INSERT OR IGNORE INTO {table} ({names}, created_at)"
+                 f" SELECT {names}, now() FROM batch")
+    return len(rows)

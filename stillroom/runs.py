@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,6 +16,8 @@ from stillroom.hashing import canonical_json
 
 def current_flow_run_id() -> str | None:
     """The Prefect flow-run id when called inside a flow, else None."""
+    if "prefect" not in sys.modules:  # no flow can be running; importing prefect costs ~2 s
+        return None
     try:
         from prefect.runtime import flow_run
 

@@ -140,8 +140,11 @@ class VLLMEngine(Engine):
         queued = iter(enumerate(rendered))
 
         def submit(count: int) -> None:
-            for index, text in itertools.islice(queued, count):
-                (request_id,) = self.llm.enqueue([text], params, use_tqdm=False)
+            batch = list(itertools.islice(queued, count))
+            if not batch:
+                return
+            request_ids = self.llm.enqueue([text for _, text in batch], params, use_tqdm=False)
+            for (index, _), request_id in zip(batch, request_ids, strict=True):
                 # Outputs carry the id's counter part only ("7" for "7-1a2b"), as in LLM itself.
                 position[request_id.split("-", 1)[0]] = index
 

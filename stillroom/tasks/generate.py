@@ -15,7 +15,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from tqdm import tqdm
 
-from stillroom.catalog import Catalog, insert_many
+from stillroom.catalog import Catalog, insert_records
 from stillroom.hashing import canonical_json, content_hash
 from stillroom.runs import recorded_run
 from stillroom.tasks import soft_labels
@@ -40,7 +40,7 @@ def answered_keys(catalog: Catalog, keys: list[str], n: int) -> set[str]:
 
 
 class ResponseRow(NamedTuple):
-    """One `responses` row, in the table's column order (created_at is set by the insert)."""
+    """One `responses` row; field names are its columns (created_at is set on insert)."""
 
     response_id: str
     request_key: str
@@ -81,9 +81,6 @@ class Tally:
         return round(self.label_bytes / self.label_entries, 3) if self.label_entries else None
 
 
-INSERT_RESPONSES = f"INSERT OR IGNORE INTO responses VALUES ({'?, ' * 16}now())"
-
-
 def _response_rows(request: tuple[Prompt, str, str], samples: list[Completion],
                    teacher: Teacher, sampling: SamplingConfig, latency: float,
                    run_id: str) -> list[ResponseRow]:
@@ -122,7 +119,7 @@ def generate(catalog: Catalog, teacher: Teacher, prompts: list[Prompt], sampling
 
         def commit() -> None:
             with catalog.write() as conn:
-                insert_many(conn, INSERT_RESPONSES, pending)
+                insert_records(conn, "responses", pending)
             tally.add(pending)
             pending.clear()
 
