@@ -54,7 +54,8 @@ def cmd_generate(args: argparse.Namespace) -> dict[str, Any]:
                               stop=tuple(args.stop), logprobs_k=args.logprobs_k)
     prompts = load_prompts(args.prompts)
     return generate(catalog, teacher, prompts, sampling, batch_size=args.batch_size,
-                    noncommercial=args.noncommercial, backend=args.backend)
+                    noncommercial=args.noncommercial, backend=args.backend,
+                    endpoints=args.endpoint or None, api_key_env=args.api_key_env)
 
 
 def cmd_dataset(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -161,8 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable)")
     gen.add_argument("--logprobs-k", type=int, default=20, help="top-k logprobs kept per token")
     gen.add_argument("--batch-size", type=int, default=64, help="requests per committed batch")
-    gen.add_argument("--backend", choices=["vllm", "transformers"], default="vllm",
-                     help="the offline vLLM engine, or transformers where vLLM is missing")
+    gen.add_argument("--backend", choices=["vllm", "transformers", "vllm-server", "openai"],
+                     default="vllm",
+                     help="offline vLLM engine; transformers where vLLM is missing; a local "
+                          "vLLM OpenAI server started here; or OpenAI-compatible --endpoint(s)")
+    gen.add_argument("--endpoint", action="append", default=[],
+                     help="base URL of an OpenAI-compatible server (repeatable: requests are "
+                          "spread over all)")
+    gen.add_argument("--api-key-env", help="environment variable holding the endpoint's key")
     gen.add_argument("--noncommercial", action="store_true",
                      help="declare non-commercial use (needed for research-only licenses)")
     gen.set_defaults(func=cmd_generate)

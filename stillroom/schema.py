@@ -68,6 +68,16 @@ MIGRATIONS: list[tuple[int, str]] = [
             created_at     TIMESTAMP NOT NULL
         );
         CREATE INDEX responses_request ON responses (request_key);
+        CREATE TABLE request_failures (
+            request_key  VARCHAR NOT NULL,
+            prompt_id    VARCHAR NOT NULL,
+            teacher_id   VARCHAR NOT NULL,
+            reason       VARCHAR NOT NULL,
+            attempts     INTEGER NOT NULL,
+            run_id       VARCHAR NOT NULL,
+            created_at   TIMESTAMP NOT NULL,
+            PRIMARY KEY (request_key, run_id)
+        );
         CREATE TABLE verdicts (
             response_id  VARCHAR NOT NULL,
             stage        VARCHAR NOT NULL,

@@ -63,6 +63,14 @@ class Completion:
     topk_logprobs: list[list[float]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class RequestFailure:
+    """A request that failed for good after its retries; recorded, and re-sent by a re-run."""
+
+    reason: str
+    attempts: int
+
+
 class Engine:
     """What every backend shares: the model it serves and how prompts become text."""
 
@@ -84,12 +92,15 @@ class Engine:
         """`sampling.n` completions for each rendered prompt, in prompt order."""
         results: list[list[Completion]] = [[] for _ in rendered]
         for index, samples in self.stream(rendered, sampling):
+            if isinstance(samples, RequestFailure):
+                raise StillroomError(f"request {index} failed after {samples.attempts} "
+                                     f"attempt(s): {samples.reason}", where=self.model)
             results[index] = samples
         return results
 
-    def stream(self, rendered: list[str],
-               sampling: SamplingConfig) -> Iterator[tuple[int, list[Completion]]]:
-        """(prompt index, completions) for each prompt as soon as it finishes, in any order."""
+    def stream(self, rendered: list[str], sampling: SamplingConfig
+               ) -> Iterator[tuple[int, list[Completion] | RequestFailure]]:
+        """(prompt index, completions or failure) for each prompt as it finishes, any order."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -177,31 +188,49 @@ def _completion(output: Any, prompt_tokens: int, k: int) -> Completion:
                       topk_ids=topk_ids, topk_logprobs=topk_logprobs)
 
 
-BACKENDS = ("vllm", "transformers")
+BACKENDS = ("vllm", "transformers", "vllm-server", "openai")
 _current: Engine | None = None
+_current_key: tuple | None = None
 
 
-def engine_for(model: str, revision: str | None = None, backend: str = "vllm") -> Engine:
-    """The process's engine for `model`, started on first use (the previous one shut down)."""
-    global _current
+def engine_for(model: str, revision: str | None = None, backend: str = "vllm",
+               endpoints: list[str] | None = None, api_key_env: str | None = None,
+               **options: Any) -> Engine:
+    """The process's engine for `model`, started on first use (the previous one shut down).
+
+    Backends: `vllm` (offline engine), `transformers` (fallback), `vllm-server` (a local
+    OpenAI-compatible vLLM server started here), `openai` (external endpoints by URL).
+    """
+    global _current, _current_key
     if backend not in BACKENDS:
         raise StillroomError(f"unknown backend {backend!r}; use one of {BACKENDS}",
                              where="--backend")
-    if _current is not None and (_current.model, _current.revision,
-                                 _current.backend) == (model, revision, backend):
+    key = (model, revision, backend, tuple(endpoints or ()), api_key_env,
+           tuple(sorted(options.items())))
+    if _current is not None and _current_key == key:
         return _current
     close_engine()
     if backend == "transformers":
         from stillroom.tasks.hf_engine import TransformersEngine
 
         _current = TransformersEngine(model, revision)
+    elif backend in ("vllm-server", "openai"):
+        from stillroom.tasks.http_engine import OpenAIEngine, VLLMServer
+
+        if backend == "openai" and not endpoints:
+            raise StillroomError("the openai backend needs --endpoint URL", where="--endpoint")
+        server = VLLMServer(model, revision) if backend == "vllm-server" else None
+        _current = OpenAIEngine(model, revision, [server.url] if server else endpoints or [],
+                                api_key_env=api_key_env,
+                                on_close=server.stop if server else None, **options)
     else:
         _current = VLLMEngine(model, revision)
+    _current_key = key
     return _current
 
 
 def close_engine() -> None:
-    global _current
+    global _current, _current_key
     if _current is not None:
         _current.close()
-        _current = None
+        _current, _current_key = None, None

@@ -19,7 +19,13 @@ from stillroom.catalog import Catalog, insert_records
 from stillroom.hashing import canonical_json, content_hash
 from stillroom.runs import recorded_run
 from stillroom.tasks import soft_labels
-from stillroom.tasks.engine import Completion, Engine, SamplingConfig, engine_for
+from stillroom.tasks.engine import (
+    Completion,
+    Engine,
+    RequestFailure,
+    SamplingConfig,
+    engine_for,
+)
 from stillroom.tasks.prompts import Prompt, store_prompts
 from stillroom.tasks.teachers import Teacher, authorize
 
@@ -60,6 +66,17 @@ class ResponseRow(NamedTuple):
     run_id: str
 
 
+class FailureRow(NamedTuple):
+    """One `request_failures` row: a request that failed for good in this run."""
+
+    request_key: str
+    prompt_id: str
+    teacher_id: str
+    reason: str
+    attempts: int
+    run_id: str
+
+
 @dataclass
 class Tally:
     """Running totals of what a generation run committed."""
@@ -68,6 +85,7 @@ class Tally:
     output_tokens: int = 0
     label_bytes: int = 0
     label_entries: int = 0
+    failed: int = 0
 
     def add(self, rows: list[ResponseRow]) -> None:
         self.responses += len(rows)
@@ -95,7 +113,8 @@ def _response_rows(request: tuple[Prompt, str, str], samples: list[Completion],
 
 def generate(catalog: Catalog, teacher: Teacher, prompts: list[Prompt], sampling: SamplingConfig,
              batch_size: int = 64, noncommercial: bool = False, engine: Engine | None = None,
-             backend: str = "vllm", progress: bool = True) -> dict[str, Any]:
+             backend: str = "vllm", endpoints: list[str] | None = None,
+             api_key_env: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Query `teacher` for every prompt not answered yet; returns the run's summary.
 
     The backend is not part of a request's key: every backend stores the same rows for the
@@ -106,7 +125,8 @@ def generate(catalog: Catalog, teacher: Teacher, prompts: list[Prompt], sampling
     params = {"teacher": teacher.name, "prompts": len(prompts), "sampling": sampling.as_dict(),
               "license": terms.license_id, "backend": backend}
     with recorded_run(catalog, "generate", params) as run:
-        engine = engine or engine_for(teacher.model, teacher.revision, backend)
+        engine = engine or engine_for(teacher.model, teacher.revision, backend,
+                                      endpoints=endpoints, api_key_env=api_key_env)
         requests = [(p, rendered := engine.render(p), request_key(teacher, rendered, sampling))
                     for p in prompts]
         unique = list({key: (p, r, key) for p, r, key in requests}.values())
@@ -116,16 +136,25 @@ def generate(catalog: Catalog, teacher: Teacher, prompts: list[Prompt], sampling
         bar = tqdm(total=len(todo), desc=f"generate[{teacher.name}]", unit="req",
                    disable=not progress or not todo)
         pending: list[ResponseRow] = []
+        failures: list[FailureRow] = []
 
         def commit() -> None:
             with catalog.write() as conn:
                 insert_records(conn, "responses", pending)
+                insert_records(conn, "request_failures", failures)
             tally.add(pending)
+            tally.failed += len(failures)
             pending.clear()
+            failures.clear()
 
         started = time.monotonic()
         for index, samples in engine.stream([rendered for _, rendered, _ in todo], sampling):
             latency = time.monotonic() - started  # submission to completion, under this load
+            prompt, _, key = todo[index]
+            if isinstance(samples, RequestFailure):
+                failures.append(FailureRow(key, prompt.prompt_id, teacher.teacher_id,
+                                           samples.reason, samples.attempts, run.run_id))
+                continue
             pending += _response_rows(todo[index], samples, teacher, sampling, latency,
                                       run.run_id)
             bar.update(1)
@@ -137,7 +166,8 @@ def generate(catalog: Catalog, teacher: Teacher, prompts: list[Prompt], sampling
         usd = teacher.usd_for(tally.output_tokens, engine_seconds)
         run.summary.update(
             run_id=run.run_id, teacher=teacher.name, requests_sent=len(todo),
-            cache_hits=len(unique) - len(todo), responses_stored=tally.responses, failed=0,
+            cache_hits=len(unique) - len(todo), responses_stored=tally.responses,
+            failed=tally.failed, retries=getattr(engine, "retries", 0),
             output_tokens=tally.output_tokens, engine_seconds=round(engine_seconds, 3),
             topk_bytes_per_entry=tally.bytes_per_entry,
             usd=round(usd, 6) if usd is not None else None)
