@@ -64,6 +64,7 @@ MIGRATIONS: list[tuple[int, str]] = [
             topk_k         SMALLINT NOT NULL,
             sampling       JSON NOT NULL,
             latency_s      DOUBLE,
+            usd            DOUBLE,
             run_id         VARCHAR NOT NULL,
             created_at     TIMESTAMP NOT NULL
         );

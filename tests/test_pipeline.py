@@ -37,6 +37,7 @@ def test_generation_stores_every_token_with_its_top_k(generated) -> None:
     catalog, _, first = generated
     assert first["requests_sent"] == len(PROMPTS) and first["responses_stored"] == len(PROMPTS)
     assert first["failed"] == 0 and first["usd"] > 0
+    assert catalog.scalar("SELECT sum(usd) FROM responses") == pytest.approx(first["usd"], abs=1e-6)
     assert 0 < first["topk_bytes_per_entry"] < 4
     rows = catalog.rows("SELECT token_ids, soft_labels, output_tokens, prompt_tokens, sampling"
                         " FROM responses")
@@ -86,6 +87,9 @@ def test_dataset_version_is_immutable_and_loadable(generated, tmp_path: Path) ->
     assert {"prompt", "response", "token_ids", "topk_ids", "topk_logprobs"} <= set(data.features)
     manifest = datasets.manifest(catalog, version["dataset_id"])
     assert manifest["teachers"][0]["license"] == "apache-2.0"
+    spent = catalog.scalar("SELECT sum(usd) FROM responses")
+    assert manifest["cost"]["generation_usd"] == pytest.approx(spent)  # dropped rows count too
+    assert version["usd_per_accepted_row"] == pytest.approx(spent / version["rows"])
     assert sorted(manifest["row_ids"]) == sorted(data["response_id"])
     path = datasets.export(catalog, version["dataset_id"], tmp_path, "jsonl")
     first = json.loads(path.read_text().splitlines()[0])
@@ -166,3 +170,16 @@ def test_vllm_and_transformers_store_the_same_rows(tiny_model: Path, tmp_path: P
         assert [ids[:3] for ids in ids_a] == [ids[:3] for ids in ids_b]
         assert max(abs(x - y) for row_a, row_b in zip(lps_a, lps_b, strict=True)
                    for x, y in zip(row_a[:3], row_b[:3], strict=True)) <= 1 / 32
+
+
+def test_several_samples_per_prompt_with_a_seed(generated) -> None:
+    catalog, teacher, _ = generated
+    sampling = SamplingConfig(n=3, temperature=1.0, top_p=0.9, seed=7, max_tokens=8,
+                              logprobs_k=2)
+    summary = generate(catalog, teacher, PROMPTS[:2], sampling, progress=False)
+    assert summary["responses_stored"] == 6
+    rows = catalog.rows("SELECT sample_index, sampling FROM responses"
+                        " WHERE json_extract(sampling, '$.n') = 3 ORDER BY sample_index")
+    assert [r["sample_index"] for r in rows] == [0, 0, 1, 1, 2, 2]
+    recorded = json.loads(rows[0]["sampling"])
+    assert (recorded["temperature"], recorded["top_p"], recorded["seed"]) == (1.0, 0.9, 7)

@@ -54,25 +54,34 @@ def cut(catalog: Catalog, filters: dict[str, dict[str, Any]], name: str | None =
         teacher_ids = [r[0] for r in conn.execute(
             "SELECT DISTINCT teacher_id FROM responses WHERE response_id IN (SELECT unnest(?))",
             [ids]).fetchall()]
+        # Everything generated for the pool these rows were chosen from, dropped rows included.
+        spent = conn.execute(
+            "SELECT sum(r.usd) FROM responses r JOIN teachers t USING (teacher_id)"
+            " WHERE ($teacher IS NULL OR t.name = $teacher) AND EXISTS (SELECT 1 FROM verdicts v"
+            " WHERE v.response_id = r.response_id AND v.config_hash = $chash)",
+            {"chash": chash, "teacher": teacher}).fetchone()[0]
     if not ids:
         raise StillroomError("no kept rows to snapshot; generate and filter first",
                              where=f"dataset (teacher={teacher or 'any'})")
     config = {"filters": filters, "filters_hash": chash, "teacher": teacher}
     dataset_id = content_hash(sorted(ids), config)
+    cost = {"generation_usd": spent,
+            "usd_per_accepted_row": spent / len(ids) if spent is not None else None}
     manifest = {"dataset_id": dataset_id, "name": name, "rows": len(ids), "config": config,
+                "cost": cost,
                 "config_hash": content_hash(config),
                 "teachers": _teacher_provenance(catalog, teacher_ids), "row_ids": ids}
     with catalog.write() as conn:
         if conn.execute("SELECT 1 FROM datasets WHERE dataset_id = ?", [dataset_id]).fetchone():
             log.info("dataset %s already exists (%d rows)", dataset_id, len(ids))
-            return {"dataset_id": dataset_id, "rows": len(ids), "created": False}
+            return {"dataset_id": dataset_id, "rows": len(ids), "created": False, **cost}
         conn.execute("INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?, now())",
                      [dataset_id, name, len(ids), canonical_json(config),
                       canonical_json(manifest), run_id])
         insert_many(conn, "INSERT INTO dataset_rows VALUES (?, ?, ?)",
                          [(dataset_id, i, rid) for i, rid in enumerate(ids)])
     log.info("cut dataset %s: %d rows from %d teacher(s)", dataset_id, len(ids), len(teacher_ids))
-    return {"dataset_id": dataset_id, "rows": len(ids), "created": True}
+    return {"dataset_id": dataset_id, "rows": len(ids), "created": True, **cost}
 
 
 def resolve(catalog: Catalog, ref: str) -> str:

@@ -63,6 +63,7 @@ class ResponseRow(NamedTuple):
     topk_k: int
     sampling: str
     latency_s: float
+    usd: float | None
     run_id: str
 
 
@@ -86,8 +87,11 @@ class Tally:
     label_bytes: int = 0
     label_entries: int = 0
     failed: int = 0
+    usd: float | None = None
 
     def add(self, rows: list[ResponseRow]) -> None:
+        if any(row.usd is not None for row in rows):
+            self.usd = (self.usd or 0.0) + sum(row.usd or 0.0 for row in rows)
         self.responses += len(rows)
         self.output_tokens += sum(row.output_tokens for row in rows)
         self.label_bytes += sum(len(row.soft_labels or b"") for row in rows)
@@ -107,8 +111,18 @@ def _response_rows(request: tuple[Prompt, str, str], samples: list[Completion],
         ResponseRow(content_hash(key, index), key, index, prompt.prompt_id, teacher.teacher_id,
                     rendered, c.text, c.prompt_tokens, len(c.token_ids), c.finish_reason,
                     c.token_ids, soft_labels.encode(c.topk_ids, c.topk_logprobs),
-                    sampling.logprobs_k, canonical_json(sampling.as_dict()), latency, run_id)
+                    sampling.logprobs_k, canonical_json(sampling.as_dict()), latency, None,
+                    run_id)
         for index, c in enumerate(samples)]
+
+
+def priced(rows: list[ResponseRow], teacher: Teacher, engine_seconds: float) -> list[ResponseRow]:
+    """Each row's dollars: per token, or its token share of the engine time since the last
+    commit under a per-hour price (the rows were generated together in that interval)."""
+    tokens = sum(row.output_tokens for row in rows) or 1
+    return [row._replace(usd=teacher.usd_for(row.output_tokens,
+                                             engine_seconds * row.output_tokens / tokens))
+            for row in rows]
 
 
 def generate(catalog: Catalog, teacher: Teacher, prompts: list[Prompt], sampling: SamplingConfig,
@@ -139,6 +153,10 @@ def generate(catalog: Catalog, teacher: Teacher, prompts: list[Prompt], sampling
         failures: list[FailureRow] = []
 
         def commit() -> None:
+            nonlocal last_commit
+            now = time.monotonic()
+            pending[:] = priced(pending, teacher, now - last_commit)
+            last_commit = now
             with catalog.write() as conn:
                 insert_records(conn, "responses", pending)
                 insert_records(conn, "request_failures", failures)
@@ -147,7 +165,7 @@ def generate(catalog: Catalog, teacher: Teacher, prompts: list[Prompt], sampling
             pending.clear()
             failures.clear()
 
-        started = time.monotonic()
+        started = last_commit = time.monotonic()
         for index, samples in engine.stream([rendered for _, rendered, _ in todo], sampling):
             latency = time.monotonic() - started  # submission to completion, under this load
             prompt, _, key = todo[index]
@@ -163,14 +181,13 @@ def generate(catalog: Catalog, teacher: Teacher, prompts: list[Prompt], sampling
         commit()
         engine_seconds = time.monotonic() - started
         bar.close()
-        usd = teacher.usd_for(tally.output_tokens, engine_seconds)
         run.summary.update(
             run_id=run.run_id, teacher=teacher.name, requests_sent=len(todo),
             cache_hits=len(unique) - len(todo), responses_stored=tally.responses,
             failed=tally.failed, retries=getattr(engine, "retries", 0),
             output_tokens=tally.output_tokens, engine_seconds=round(engine_seconds, 3),
             topk_bytes_per_entry=tally.bytes_per_entry,
-            usd=round(usd, 6) if usd is not None else None)
+            usd=round(tally.usd, 6) if tally.usd is not None else None)
     log.info("generated %d responses from %s (%d cached requests)", tally.responses,
              teacher.name, run.summary["cache_hits"])
     return run.summary
