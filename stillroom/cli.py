@@ -242,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stillroom: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if "stillroom.tasks.engine" in sys.modules:  # stop engines and servers this run started
+            sys.modules["stillroom.tasks.engine"].close_engine()
     if summary is not None:
         emit({"command": args.command, **summary,
               "seconds": summary.get("seconds", round(time.monotonic() - started, 2))})

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -21,9 +22,10 @@ def _prefect(*args: str) -> list[str]:
     return [sys.executable, "-m", "prefect", *args]
 
 
-def _wait_healthy(url: str, server: subprocess.Popen, timeout: float = 120) -> None:
+def _wait_healthy(url: str, server: subprocess.Popen, stop: threading.Event,
+                  timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stop.is_set():
         if server.poll() is not None:
             raise StillroomError(f"the Prefect server exited with code {server.returncode}")
         try:
@@ -32,6 +34,8 @@ def _wait_healthy(url: str, server: subprocess.Popen, timeout: float = 120) -> N
                     return
         except OSError:
             time.sleep(0.5)
+    if stop.is_set():
+        return
     raise StillroomError(f"the Prefect server did not answer at {url} within {timeout:.0f}s")
 
 
@@ -55,12 +59,18 @@ def serve(project: Path, port: int = 4200) -> None:
     api = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_API_URL": api}
     processes: list[subprocess.Popen] = []
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Ctrl-C reaches the whole process group at once: the children may exit before we look,
+    # so a stop request is a flag checked before calling their exit unexpected.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     try:
         server = subprocess.Popen(_prefect("server", "start", "--host", "127.0.0.1", "--port",
                                            str(port)), env=env, cwd=project)
         processes.append(server)
-        _wait_healthy(api, server)
+        _wait_healthy(api, server, stop)
+        if stop.is_set():
+            return
         subprocess.run(_prefect("work-pool", "create", WORK_POOL, "--type", "process",
                                 "--overwrite"), env=env, cwd=project, check=True,
                        stdout=subprocess.DEVNULL)
@@ -71,10 +81,9 @@ def serve(project: Path, port: int = 4200) -> None:
         processes.append(worker)
         print(f"Stillroom is serving: Prefect UI http://127.0.0.1:{port}  (Ctrl-C to stop)",
               flush=True)
-        while all(p.poll() is None for p in processes):
-            time.sleep(1)
-        raise StillroomError("a Prefect process exited unexpectedly; stopping the rest")
-    except KeyboardInterrupt:
+        while not stop.wait(1):
+            if any(p.poll() is not None for p in processes) and not stop.wait(3):
+                raise StillroomError("a Prefect process exited unexpectedly; stopping the rest")
         print("stopping the worker and the Prefect server", flush=True)
     except subprocess.CalledProcessError as exc:
         raise StillroomError(f"setting up deployments failed: {' '.join(exc.cmd[2:])}") from exc

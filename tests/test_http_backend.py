@@ -94,3 +94,4 @@ def test_api_key_comes_from_the_environment_and_is_never_stored(
     monkeypatch.delenv("TEACHER_KEY")
     with pytest.raises(Exception, match="TEACHER_KEY is not set"):
         OpenAIEngine(teacher.model, None, [server.url], api_key_env="TEACHER_KEY")
+
