@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import subprocess
 import tempfile
 import time
@@ -13,15 +12,11 @@ from pathlib import Path
 
 from websockets.sync.client import connect
 
+from stillroom.tasks.http_engine import free_port
+
 SCRIPT_DONE = ("(() => { const app = document.querySelector('[data-testid=\"stApp\"]');"
                " return !!app && app.getAttribute('data-test-script-state') === 'notRunning'"
                " && !document.querySelector('[data-testid=\"stSkeleton\"]'); })()")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Chromium:

@@ -130,7 +130,9 @@ def test_dashboard_in_a_real_browser(distilled, tmp_path: Path) -> None:
     import shutil
     import urllib.request
 
-    from browser import Chromium, free_port
+    from browser import Chromium
+
+    from stillroom.tasks.http_engine import free_port
 
     binary = shutil.which("chromium")
     if binary is None and not os.environ.get("CI"):

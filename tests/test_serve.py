@@ -12,13 +12,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+from stillroom.tasks.http_engine import free_port
+
 ROOT = Path(__file__).parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def api(url: str, path: str, body: dict | None = None) -> object:
