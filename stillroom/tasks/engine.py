@@ -71,6 +71,14 @@ class RequestFailure:
     attempts: int
 
 
+def context_length(model: str, revision: str | None, wanted: int) -> int:
+    """`wanted`, capped at what the model's config allows (vLLM refuses longer)."""
+    from transformers import AutoConfig
+
+    return min(wanted, AutoConfig.from_pretrained(model, revision=revision)
+               .max_position_embeddings)
+
+
 class Engine:
     """What every backend shares: the model it serves and how prompts become text."""
 
@@ -122,11 +130,9 @@ class VLLMEngine(Engine):
         self.revision = revision
         started = time.monotonic()
         try:
-            from transformers import AutoConfig
-
-            limit = AutoConfig.from_pretrained(model, revision=revision).max_position_embeddings
             self.llm = LLM(model=model, revision=revision, dtype=dtype, seed=seed,
-                           max_model_len=min(max_model_len, limit), enforce_eager=True)
+                           max_model_len=context_length(model, revision, max_model_len),
+                           enforce_eager=True)
         except (OSError, ValueError) as exc:
             raise StillroomError(f"cannot load model: {exc}", where=model) from exc
         self.start_seconds = time.monotonic() - started

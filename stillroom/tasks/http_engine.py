@@ -27,7 +27,13 @@ from typing import Any
 import httpx
 
 from stillroom.errors import StillroomError
-from stillroom.tasks.engine import Completion, Engine, RequestFailure, SamplingConfig
+from stillroom.tasks.engine import (
+    Completion,
+    Engine,
+    RequestFailure,
+    SamplingConfig,
+    context_length,
+)
 
 log = logging.getLogger(__name__)
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -178,14 +184,12 @@ class VLLMServer:
 
     def __init__(self, model: str, revision: str | None = None, max_model_len: int = 2048,
                  startup_timeout: float = 300) -> None:
-        from transformers import AutoConfig
-
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        limit = AutoConfig.from_pretrained(model, revision=revision).max_position_embeddings
         command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
                    "--host", "127.0.0.1", "--port", str(self.port), "--dtype", "float32",
-                   "--enforce-eager", "--max-model-len", str(min(max_model_len, limit))]
+                   "--enforce-eager", "--max-model-len",
+                   str(context_length(model, revision, max_model_len))]
         if revision:
             command += ["--revision", revision]
         self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL,
