@@ -10,9 +10,11 @@ from stillroom.errors import StillroomError
 from stillroom.tasks.filters import build
 
 
-def row(text: str, finish: str = "stop", task: str | None = None, answer: str | None = None):
+def row(text: str, finish: str = "stop", task: str | None = None, answer: str | None = None,
+        question: str = "Say something."):
     return {"response_id": "r", "text": text, "finish_reason": finish, "output_tokens": 3,
-            "task": task, "reference": json.dumps({"answer": answer, "metadata": {}})
+            "task": task, "prompt": question,
+            "reference": json.dumps({"question": question, "answer": answer, "metadata": {}})
             if answer is not None else None}
 
 
@@ -42,3 +44,19 @@ def test_each_filter_drops_with_a_reason() -> None:
 def test_bad_filter_config(config: dict, message: str) -> None:
     with pytest.raises(StillroomError, match=message):
         build(config)
+
+
+def test_decontaminate_drops_benchmark_items_but_not_their_template() -> None:
+    from stillroom.eval.suites import load_suite
+
+    check = build({"decontaminate": {}})["decontaminate"]
+    items = {i.item_id: i.prompt.reference for i in load_suite("arithmetic-mini").items}
+    gcd = items["gcd/90001/0"]["question"]
+    seen = check(row("1", task="gcd", answer="1", question=gcd))
+    assert not seen.keep and "arithmetic-mini/gcd/90001/0" in seen.reason
+    template_only = gcd.replace(gcd.split(":")[1].split(".")[0], " 1234, 5678")
+    assert check(row("2", task="gcd", answer="2", question=template_only)).keep
+    short = items["basic_arithmetic/90002/9"]["question"]
+    assert not check(row("x", task="basic_arithmetic", answer="x", question=short)).keep
+    assert not check(row(f"As the benchmark asks: {gcd}")).keep  # quoted in a response
+    assert check(row("Tea is a drink made from leaves.")).keep

@@ -47,12 +47,14 @@ def test_server_backend_stores_what_the_offline_engine_stores(server, tiny_model
 
 def test_faulty_endpoints_lose_nothing_and_rerun_retries_only_failures(
         server, tiny_model: Path, tmp_path: Path) -> None:
-    proxies = [FaultyProxy(server.url, fault_rate=0.2, hang_s=3.0, seed=s) for s in (1, 2)]
+    # The client timeout is far above a real answer (well under 1 s) even on a loaded machine,
+    # and the injected hang is longer still: only injected faults can fail a request.
+    proxies = [FaultyProxy(server.url, fault_rate=0.2, hang_s=12.0, seed=s) for s in (1, 2)]
     try:
         catalog = Catalog(tmp_path / "catalog.duckdb").ensure()
         teacher = teachers.add_teacher(catalog, "tiny", str(tiny_model), "mit")
         batch = prompts(40)
-        fragile = OpenAIEngine(teacher.model, None, [p.url for p in proxies], timeout=1.5,
+        fragile = OpenAIEngine(teacher.model, None, [p.url for p in proxies], timeout=10.0,
                                max_retries=0, concurrency=4)
         first = generate(catalog, teacher, batch, SAMPLING, engine=fragile, batch_size=8,
                          progress=False)
@@ -64,7 +66,7 @@ def test_faulty_endpoints_lose_nothing_and_rerun_retries_only_failures(
             "SELECT reason FROM request_failures")}
         assert reasons <= {"RetryableError", "ReadTimeout", "RemoteProtocolError"} and reasons
 
-        sturdy = OpenAIEngine(teacher.model, None, [p.url for p in proxies], timeout=1.5,
+        sturdy = OpenAIEngine(teacher.model, None, [p.url for p in proxies], timeout=10.0,
                               max_retries=6, backoff=0.05, concurrency=4)
         second = generate(catalog, teacher, batch, SAMPLING, engine=sturdy, progress=False)
         assert second["cache_hits"] == first["responses_stored"]

@@ -100,8 +100,28 @@ def verifier(min_score: float = 1.0) -> FilterFn:
     return check
 
 
+@register("decontaminate")
+def decontaminate(n: int = 13) -> FilterFn:
+    """Drop rows whose question or response shares an item-specific n-gram with any
+    built-in benchmark suite (see `stillroom.eval.contamination`)."""
+    from stillroom.eval.contamination import ContaminationIndex
+
+    if n < 4:
+        raise StillroomError("n must be >= 4", where="filters.decontaminate")
+    index = ContaminationIndex.for_builtin_suites(n)
+
+    def check(row: Row) -> Verdict:
+        reference = json.loads(row["reference"]) if row["reference"] else {}
+        hit = index.match(reference.get("question", row["prompt"]), row["text"])
+        if hit:
+            return Verdict(False, f"contaminated: shares {hit[1]!r} with {hit[0]}")
+        return KEEP
+    return check
+
+
 DEFAULT_FILTERS: dict[str, dict[str, Any]] = {
-    "empty": {}, "truncated": {}, "repetition": {}, "length": {}, "verifier": {}}
+    "empty": {}, "truncated": {}, "repetition": {}, "length": {}, "verifier": {},
+    "decontaminate": {}}
 
 
 def build(config: dict[str, dict[str, Any]]) -> dict[str, FilterFn]:
@@ -124,7 +144,8 @@ def config_hash(config: dict[str, dict[str, Any]]) -> str:
 
 
 ROWS_SQL = (
-    "SELECT r.response_id, r.text, r.finish_reason, r.output_tokens, p.task, p.reference"
+    "SELECT r.response_id, r.text, r.finish_reason, r.output_tokens, p.task, p.reference,"
+    " p.text AS prompt"
     " FROM responses r JOIN prompts p USING (prompt_id)"
     " WHERE NOT EXISTS (SELECT 1 FROM verdicts v WHERE v.response_id = r.response_id"
     "                   AND v.stage = ? AND v.config_hash = ?)")
