@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from stillroom.catalog import Catalog, insert_many
+from stillroom.catalog import Catalog
 from stillroom.errors import StillroomError
 from stillroom.eval.metrics import normalize
 from stillroom.hashing import content_hash
-from stillroom.tasks.filters import FILTERS
+from stillroom.tasks.filters import FILTERS, KEEP, Verdict, write_verdicts
 
 log = logging.getLogger(__name__)
 STAGE = "dedupe:exact"
@@ -47,7 +47,7 @@ def dedupe(catalog: Catalog, filter_names: list[str], chash: str, run_id: str) -
             f"  AND v.config_hash = $chash"
             f" ORDER BY c.created_at, c.response_id", {"chash": chash}).fetchall()
     representative: dict[str, str] = {}
-    new_verdicts = []
+    new_verdicts: list[tuple[str, Verdict]] = []
     for response_id, prompt, text, decided in candidates:
         key = text_key(prompt, text)
         if decided is not None:
@@ -55,13 +55,12 @@ def dedupe(catalog: Catalog, filter_names: list[str], chash: str, run_id: str) -
                 representative.setdefault(key, response_id)
             continue
         if key in representative:
-            new_verdicts.append((response_id, False, f"duplicate of {representative[key]}"))
+            new_verdicts.append(
+                (response_id, Verdict(False, f"duplicate of {representative[key]}")))
         else:
             representative[key] = response_id
-            new_verdicts.append((response_id, True, None))
-    with catalog.write() as conn:
-        insert_many(conn, "INSERT OR IGNORE INTO verdicts VALUES (?, ?, ?, ?, ?, ?, now())",
-            [(rid, STAGE, chash, keep, reason, run_id) for rid, keep, reason in new_verdicts])
-    dropped = sum(not keep for _, keep, _ in new_verdicts)
+            new_verdicts.append((response_id, KEEP))
+    write_verdicts(catalog, STAGE, chash, run_id, new_verdicts)
+    dropped = sum(not v.keep for _, v in new_verdicts)
     log.info("dedupe judged %d new responses, dropped %d duplicates", len(new_verdicts), dropped)
     return {"judged": len(new_verdicts), "duplicates": dropped}

@@ -151,6 +151,14 @@ ROWS_SQL = (
     "                   AND v.stage = ? AND v.config_hash = ?)")
 
 
+def write_verdicts(catalog: Catalog, stage: str, chash: str, run_id: str,
+                   verdicts: list[tuple[str, Verdict]]) -> None:
+    """Record (response id, verdict) pairs for one stage; a decided response keeps its first."""
+    with catalog.write() as conn:
+        insert_many(conn, "INSERT OR IGNORE INTO verdicts VALUES (?, ?, ?, ?, ?, ?, now())",
+                    [(rid, stage, chash, v.keep, v.reason, run_id) for rid, v in verdicts])
+
+
 def apply_filters(catalog: Catalog, config: dict[str, dict[str, Any]], run_id: str) -> dict:
     """Judge every response that has no verdict yet under this config; returns counts."""
     filters = build(config)
@@ -160,9 +168,7 @@ def apply_filters(catalog: Catalog, config: dict[str, dict[str, Any]], run_id: s
         stage = f"filter:{name}"
         rows = catalog.rows(ROWS_SQL, [stage, chash])
         verdicts = [(row["response_id"], check(row)) for row in rows]
-        with catalog.write() as conn:
-            insert_many(conn, "INSERT OR IGNORE INTO verdicts VALUES (?, ?, ?, ?, ?, ?, now())",
-                [(rid, stage, chash, v.keep, v.reason, run_id) for rid, v in verdicts])
+        write_verdicts(catalog, stage, chash, run_id, verdicts)
         counts["judged"] = max(counts["judged"], len(rows))
         counts["dropped"][name] = sum(not v.keep for _, v in verdicts)
     log.info("filters judged %d responses, dropped %s", counts["judged"], counts["dropped"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 from tqdm import tqdm
 
@@ -30,7 +30,6 @@ from stillroom.tasks.prompts import Prompt, store_prompts
 from stillroom.tasks.teachers import Teacher, authorize
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 def request_key(teacher: Teacher, rendered: str, sampling: SamplingConfig) -> str:
