@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,8 @@ import duckdb
 
 from stillroom import schema, settings
 from stillroom.errors import StillroomError
+
+Params = Sequence[Any] | Mapping[str, Any]
 
 
 class Catalog:
@@ -83,22 +85,27 @@ class Catalog:
             finally:
                 conn.close()
 
-    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    def rows(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
         """Run one read query and return its rows as dicts."""
         with self.reader() as conn:
-            cursor = conn.execute(sql, list(params))
+            cursor = conn.execute(sql, _bind(params))
             names = [d[0] for d in cursor.description]
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
-    def frame(self, sql: str, params: Sequence[Any] = ()) -> Any:
+    def frame(self, sql: str, params: Params = ()) -> Any:
         """Run one read query and return a pandas DataFrame (for the dashboard)."""
         with self.reader() as conn:
-            return conn.execute(sql, list(params)).df()
+            return conn.execute(sql, _bind(params)).df()
 
-    def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+    def scalar(self, sql: str, params: Params = ()) -> Any:
         with self.reader() as conn:
-            row = conn.execute(sql, list(params)).fetchone()
+            row = conn.execute(sql, _bind(params)).fetchone()
             return row[0] if row else None
+
+
+def _bind(params: Params) -> Any:
+    """DuckDB binds `?` from a list and `$name` from a dict."""
+    return dict(params) if isinstance(params, Mapping) else list(params)
 
 
 def insert_many(conn: duckdb.DuckDBPyConnection, sql: str, rows: Sequence[Sequence[Any]]) -> int:

@@ -60,14 +60,15 @@ def cmd_generate(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_dataset(args: argparse.Namespace) -> dict[str, Any] | None:
     from stillroom.tasks import datasets
-    from stillroom.tasks.filters import DEFAULT_FILTERS
 
     catalog = Catalog()
     if args.action == "cut":
         from stillroom.flows.distill import cut_dataset, filter_and_dedupe
+        from stillroom.tasks.curation import load_config
 
-        judged = filter_and_dedupe.fn(DEFAULT_FILTERS)
-        return {**cut_dataset.fn(DEFAULT_FILTERS, args.name, args.teacher), "filter": judged}
+        config = load_config(args.config)
+        judged = filter_and_dedupe.fn(config)
+        return {**cut_dataset.fn(config, args.name, args.teacher), "filter": judged}
     if args.action == "list":
         for row in datasets.list_versions(catalog):
             print(f"{row['dataset_id']}  {row['n_rows']:>6} rows  {row['name'] or '-':<24}"
@@ -179,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     cut = dsub.add_parser("cut", help="filter, dedupe and snapshot the kept rows")
     cut.add_argument("--name", help="a label for the version")
     cut.add_argument("--teacher", help="only this teacher's rows")
+    cut.add_argument("--config", help="curation YAML: filters and dedupe stages "
+                                      "(default: every built-in filter, exact+near+semantic)")
     dsub.add_parser("list", help="dataset versions, newest first")
     export = dsub.add_parser("export", help="write a version to disk")
     export.add_argument("version", help="dataset id, id prefix, name, or 'latest'")

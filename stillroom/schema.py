@@ -145,6 +145,56 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        2,
+        """
+        -- Near-duplicate state, persisted so each night hashes only its new rows.
+        CREATE TABLE minhash_signatures (
+            response_id  VARCHAR NOT NULL,
+            params_hash  VARCHAR NOT NULL,
+            signature    BLOB NOT NULL,
+            PRIMARY KEY (response_id, params_hash)
+        );
+        CREATE TABLE minhash_bands (
+            params_hash  VARCHAR NOT NULL,
+            band_key     UBIGINT NOT NULL,
+            response_id  VARCHAR NOT NULL
+        );
+        CREATE TABLE embeddings (
+            response_id  VARCHAR NOT NULL,
+            model        VARCHAR NOT NULL,
+            vector       FLOAT[] NOT NULL,
+            PRIMARY KEY (response_id, model)
+        );
+        -- Every row a dedupe stage dropped, and the representative it was kept in favour of.
+        CREATE TABLE duplicate_links (
+            response_id        VARCHAR NOT NULL,
+            stage              VARCHAR NOT NULL,
+            config_hash        VARCHAR NOT NULL,
+            representative_id  VARCHAR NOT NULL,
+            similarity         DOUBLE NOT NULL,
+            PRIMARY KEY (response_id, stage, config_hash)
+        );
+        CREATE TABLE diversity_reports (
+            report_id   VARCHAR PRIMARY KEY,
+            scope       VARCHAR NOT NULL,
+            report      JSON NOT NULL,
+            run_id      VARCHAR NOT NULL,
+            created_at  TIMESTAMP NOT NULL
+        );
+        -- Seed rows a prompt source could not use, kept with the reason when the user
+        -- chose to report rather than refuse them.
+        CREATE TABLE rejected_seeds (
+            source      VARCHAR NOT NULL,
+            location    VARCHAR NOT NULL,
+            reason      VARCHAR NOT NULL,
+            content     VARCHAR NOT NULL,
+            run_id      VARCHAR NOT NULL,
+            created_at  TIMESTAMP NOT NULL,
+            PRIMARY KEY (location, run_id)
+        );
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -10,15 +10,17 @@ import torch
 
 from stillroom.catalog import Catalog
 from stillroom.tasks import datasets, soft_labels, teachers
+from stillroom.tasks.curation import CurationConfig
 from stillroom.tasks.dedupe import dedupe
 from stillroom.tasks.engine import SamplingConfig
-from stillroom.tasks.filters import apply_filters, config_hash
+from stillroom.tasks.filters import apply_filters
 from stillroom.tasks.generate import generate
 from stillroom.tasks.prompts import Prompt
 from stillroom.tasks.students import provenance, train_student
 from stillroom.tasks.training import TrainConfig, distillation_loss
 
 FILTERS = {"empty": {}, "truncated": {}, "repetition": {}, "length": {}}
+CURATION = CurationConfig(FILTERS, {"exact": {}, "near": {}})
 PROMPTS = [Prompt(f"Tell me about {topic}.", "test") for topic in
            ("tides", "rust", "tea", "foxes", "maps", "rain", "bread", "glass")]
 GREEDY = SamplingConfig(max_tokens=24, logprobs_k=5)
@@ -66,22 +68,24 @@ def test_filters_and_dedupe_across_runs(generated) -> None:
     # A new seed is a new request key, but greedy decoding repeats every text exactly.
     reseeded = SamplingConfig(**{**GREEDY.as_dict(), "stop": GREEDY.stop, "seed": 1})
     generate(catalog, teacher, PROMPTS, reseeded, progress=False)
-    chash = config_hash(FILTERS)
     apply_filters(catalog, FILTERS, run_id="test")
-    result = dedupe(catalog, list(FILTERS), chash, run_id="test")
-    assert result["duplicates"] >= len(PROMPTS)
+    result = dedupe(catalog, list(FILTERS), CURATION.hashes, CURATION.dedupe, run_id="test")
+    assert result["exact"]["dropped"] >= len(PROMPTS)
     reasons = catalog.rows("SELECT reason FROM verdicts WHERE stage = 'dedupe:exact'"
                            " AND NOT keep")
-    assert all(r["reason"].startswith("duplicate of ") for r in reasons)
-    again = dedupe(catalog, list(FILTERS), chash, run_id="test")
-    assert again == {"judged": 0, "duplicates": 0}  # verdicts are final
+    assert reasons and all(r["reason"].startswith("exact duplicate of ") for r in reasons)
+    links = catalog.scalar("SELECT count(*) FROM duplicate_links WHERE stage = 'dedupe:exact'")
+    assert links == len(reasons)
+    assert result["near"]["judged"] == result["exact"]["judged"] - result["exact"]["dropped"]
+    again = dedupe(catalog, list(FILTERS), CURATION.hashes, CURATION.dedupe, run_id="test")
+    assert all(stage["judged"] == 0 for stage in again.values())  # verdicts are final
 
 
 def test_dataset_version_is_immutable_and_loadable(generated, tmp_path: Path) -> None:
     catalog, _, _ = generated
-    version = datasets.cut(catalog, FILTERS, name="tiny-v1")
+    version = datasets.cut(catalog, CURATION, name="tiny-v1")
     assert version["created"] and version["rows"] > 0
-    assert datasets.cut(catalog, FILTERS, name="tiny-v1")["created"] is False
+    assert datasets.cut(catalog, CURATION, name="tiny-v1")["created"] is False
     data = datasets.load(catalog, version["dataset_id"])
     assert len(data) == version["rows"]
     assert {"prompt", "response", "token_ids", "topk_ids", "topk_logprobs"} <= set(data.features)
@@ -98,7 +102,7 @@ def test_dataset_version_is_immutable_and_loadable(generated, tmp_path: Path) ->
 
 def test_training_lowers_the_loss_and_records_provenance(generated, home: Path) -> None:
     catalog, _, _ = generated
-    dataset_id = datasets.cut(catalog, FILTERS)["dataset_id"]
+    dataset_id = datasets.cut(catalog, CURATION)["dataset_id"]
     summary = train_student(catalog, dataset_id, "tiny-student", layers=2,
                             config=TrainConfig(epochs=6, batch_size=4, lr=3e-3), progress=False)
     assert summary["last_loss"] < summary["first_loss"]

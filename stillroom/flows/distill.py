@@ -13,9 +13,8 @@ from stillroom.eval.runner import run_suite
 from stillroom.eval.suites import load_suite
 from stillroom.runs import recorded_run
 from stillroom.tasks import datasets, students
-from stillroom.tasks.dedupe import dedupe
+from stillroom.tasks.curation import CurationConfig, curate, load_config
 from stillroom.tasks.engine import SamplingConfig, close_engine
-from stillroom.tasks.filters import DEFAULT_FILTERS, apply_filters, config_hash
 from stillroom.tasks.generate import generate
 from stillroom.tasks.prompts import load_prompts
 from stillroom.tasks.teachers import get_teacher
@@ -34,35 +33,37 @@ def generate_responses(teacher: str, prompts: str, sampling: dict[str, Any],
 
 
 @task(cache_policy=NONE)
-def filter_and_dedupe(filters: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def filter_and_dedupe(curation: CurationConfig) -> dict[str, Any]:
     catalog = Catalog()
-    with recorded_run(catalog, "filter", {"filters": filters}) as run:
-        run.summary["filters"] = apply_filters(catalog, filters, run.run_id)
-        run.summary["dedupe"] = dedupe(catalog, list(filters), config_hash(filters), run.run_id)
+    with recorded_run(catalog, "filter", curation.as_dict()) as run:
+        run.summary.update(curate(catalog, curation, run.run_id))
     return run.summary
 
 
 @task(cache_policy=NONE)
-def cut_dataset(filters: dict[str, dict[str, Any]], name: str | None,
+def cut_dataset(curation: CurationConfig, name: str | None,
                 teacher: str | None) -> dict[str, Any]:
     catalog = Catalog()
     with recorded_run(catalog, "dataset", {"name": name, "teacher": teacher}) as run:
-        run.summary.update(datasets.cut(catalog, filters, name, teacher, run.run_id))
+        run.summary.update(datasets.cut(catalog, curation, name, teacher, run.run_id))
     return run.summary
 
 
 @flow(name="refresh_dataset")
 def refresh_dataset(teacher: str, prompts: str = DEMO_PROMPTS, max_tokens: int = 16,
                     stop: list[str] | None = None, logprobs_k: int = 20, seed: int = 0,
-                    filters: dict[str, dict[str, Any]] | None = None,
+                    curation: str | None = None,
                     dataset_name: str | None = None, noncommercial: bool = False) -> dict[str, Any]:
-    """Generate from `teacher`, filter, dedupe, and cut an immutable dataset version."""
-    filters = filters or DEFAULT_FILTERS
+    """Generate from `teacher`, filter, dedupe, and cut an immutable dataset version.
+
+    `curation` is a curation config YAML (filters and dedupe stages); default: built in.
+    """
+    config = load_config(curation)
     sampling = {"max_tokens": max_tokens, "stop": tuple(stop if stop is not None else ["\n"]),
                 "logprobs_k": logprobs_k, "seed": seed}
     generated = generate_responses(teacher, prompts, sampling, noncommercial)
-    judged = filter_and_dedupe(filters)
-    version = cut_dataset(filters, dataset_name, teacher)
+    judged = filter_and_dedupe(config)
+    version = cut_dataset(config, dataset_name, teacher)
     return {"generate": generated, "filter": judged, "dataset": version}
 
 

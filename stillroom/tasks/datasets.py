@@ -12,7 +12,7 @@ from stillroom.catalog import Catalog, insert_many
 from stillroom.errors import StillroomError
 from stillroom.hashing import canonical_json, content_hash
 from stillroom.tasks import dedupe, soft_labels
-from stillroom.tasks.filters import config_hash
+from stillroom.tasks.curation import CurationConfig
 from stillroom.tasks.licenses import terms_for
 
 log = logging.getLogger(__name__)
@@ -21,10 +21,9 @@ ROW_COLUMNS = ("response_id, prompt_id, teacher_id, rendered_prompt AS prompt, t
                " token_ids, soft_labels, finish_reason")
 
 
-def _kept_rows_sql(filter_names: list[str]) -> str:
-    return (f"SELECT c.response_id FROM ({dedupe.kept_by_filters_sql(filter_names)}) c"
-            f" JOIN verdicts d ON d.response_id = c.response_id AND d.stage = '{dedupe.STAGE}'"
-            f"  AND d.config_hash = $chash AND d.keep"
+def _kept_rows_sql(config: CurationConfig) -> str:
+    kept = dedupe.kept_by_filters_sql(list(config.filters), list(config.dedupe))
+    return (f"SELECT c.response_id FROM ({kept}) c"
             f" JOIN teachers t ON t.teacher_id = c.teacher_id"
             f" WHERE $teacher IS NULL OR t.name = $teacher"
             f" ORDER BY c.created_at, c.response_id")
@@ -44,13 +43,13 @@ def _teacher_provenance(catalog: Catalog, teacher_ids: list[str]) -> list[dict[s
     return teachers
 
 
-def cut(catalog: Catalog, filters: dict[str, dict[str, Any]], name: str | None = None,
+def cut(catalog: Catalog, curation: CurationConfig, name: str | None = None,
         teacher: str | None = None, run_id: str = "") -> dict[str, Any]:
     """Snapshot every kept, deduped row into an immutable version (reused if identical)."""
-    chash = config_hash(filters)
+    hashes = curation.hashes
     with catalog.reader() as conn:
-        ids = [r[0] for r in conn.execute(_kept_rows_sql(list(filters)),
-                                          {"chash": chash, "teacher": teacher}).fetchall()]
+        ids = [r[0] for r in conn.execute(_kept_rows_sql(curation),
+                                          {**hashes, "teacher": teacher}).fetchall()]
         teacher_ids = [r[0] for r in conn.execute(
             "SELECT DISTINCT teacher_id FROM responses WHERE response_id IN (SELECT unnest(?))",
             [ids]).fetchall()]
@@ -58,12 +57,12 @@ def cut(catalog: Catalog, filters: dict[str, dict[str, Any]], name: str | None =
         spent = conn.execute(
             "SELECT sum(r.usd) FROM responses r JOIN teachers t USING (teacher_id)"
             " WHERE ($teacher IS NULL OR t.name = $teacher) AND EXISTS (SELECT 1 FROM verdicts v"
-            " WHERE v.response_id = r.response_id AND v.config_hash = $chash)",
-            {"chash": chash, "teacher": teacher}).fetchone()[0]
+            " WHERE v.response_id = r.response_id AND v.config_hash = $fhash)",
+            {"fhash": hashes["fhash"], "teacher": teacher}).fetchone()[0]
     if not ids:
         raise StillroomError("no kept rows to snapshot; generate and filter first",
                              where=f"dataset (teacher={teacher or 'any'})")
-    config = {"filters": filters, "filters_hash": chash, "teacher": teacher}
+    config = {**curation.as_dict(), "teacher": teacher}
     dataset_id = content_hash(sorted(ids), config)
     cost = {"generation_usd": spent,
             "usd_per_accepted_row": spent / len(ids) if spent is not None else None}

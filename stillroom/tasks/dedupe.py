@@ -1,66 +1,277 @@
-"""Exact dedupe on normalised (prompt, response) text, within a run and against all earlier runs.
+"""Dedupe stages: exact, near-duplicate (MinHash-LSH) and semantic (MiniLM), in that order.
 
-The first response seen (by creation time, then id) with a given normalised text is
-the representative; later ones are dropped as `duplicate of <id>`. Verdicts already
-written are never revised, so earlier dataset versions stay reproducible.
+Each stage judges the rows every filter and every earlier stage kept, and only
+those it has not judged yet under the same config, so a nightly refresh does the
+new rows' work. Rows already kept stay representatives forever (verdicts are
+never revised, so earlier dataset versions stay reproducible). Among new rows
+the representative of a cluster is chosen by one documented rule, the order in
+which rows are judged:
+
+1. verified rows first (their prompt had a reference answer the verifier checked),
+2. then complete answers (finish reason `stop`) before cut-off ones,
+3. then the shortest response,
+4. then the oldest row, then the smallest id.
+
+Every dropped row gets a `verdicts` row with its reason and a `duplicate_links`
+row naming its representative and their similarity. What the stages compare is a
+row's *subject*: the question (the reference question where there is one, so
+few-shot preambles do not make every prompt look alike) and the response.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
-from stillroom.catalog import Catalog
+import numpy as np
+
+from stillroom.catalog import Catalog, insert_many
 from stillroom.errors import StillroomError
 from stillroom.eval.metrics import normalize
 from stillroom.hashing import content_hash
-from stillroom.tasks.filters import FILTERS, KEEP, Verdict, write_verdicts
+from stillroom.tasks.filters import FILTERS, Verdict, write_verdicts
 
 log = logging.getLogger(__name__)
-STAGE = "dedupe:exact"
 
 
-def text_key(prompt: str, response: str) -> str:
-    return content_hash(normalize(prompt), normalize(response))
+class Candidate(NamedTuple):
+    response_id: str
+    subject: str
+    label: str | None  # the reference answer: rows with different answers are never duplicates
 
 
-def kept_by_filters_sql(filter_names: list[str]) -> str:
-    """Responses that every named filter judged `keep` under the config hash bound to `$chash`."""
+class Match(NamedTuple):
+    representative_id: str
+    similarity: float
+
+
+Judge = Callable[[Catalog, list[Candidate], list[Candidate]], list[Match | None]]
+STAGES: dict[str, Callable[..., Judge]] = {}
+
+
+def stage(name: str) -> Callable:
+    def decorate(factory: Callable[..., Judge]) -> Callable[..., Judge]:
+        STAGES[name] = factory
+        return factory
+    return decorate
+
+
+def stage_name(name: str) -> str:
+    return f"dedupe:{name}"
+
+
+def kept_by_filters_sql(filter_names: list[str], earlier_stages: list[str] = ()) -> str:
+    """Responses every named filter kept under `$fhash` and every earlier dedupe stage kept
+    under `$dhash`."""
     unknown = [name for name in filter_names if name not in FILTERS]
     if unknown:
         raise StillroomError(f"unknown filters {unknown}; known: {sorted(FILTERS)}",
                              where="filters")
-    conditions = " AND ".join(
+    conditions = [
         f"EXISTS (SELECT 1 FROM verdicts v WHERE v.response_id = r.response_id"
-        f" AND v.stage = 'filter:{name}' AND v.config_hash = $chash AND v.keep)"
-        for name in filter_names) or "TRUE"
-    return f"SELECT r.* FROM responses r WHERE {conditions}"
+        f" AND v.stage = 'filter:{name}' AND v.config_hash = $fhash AND v.keep)"
+        for name in filter_names]
+    conditions += [
+        f"EXISTS (SELECT 1 FROM verdicts v WHERE v.response_id = r.response_id"
+        f" AND v.stage = '{stage_name(name)}' AND v.config_hash = $dhash AND v.keep)"
+        for name in earlier_stages]
+    return f"SELECT r.* FROM responses r WHERE {' AND '.join(conditions) or 'TRUE'}"
 
 
-def dedupe(catalog: Catalog, filter_names: list[str], chash: str, run_id: str) -> dict[str, Any]:
-    """Write a dedupe verdict for every filter-kept response that has none under `chash`."""
-    with catalog.reader() as conn:
-        candidates = conn.execute(
-            f"SELECT c.response_id, c.rendered_prompt, c.text, v.keep"
-            f" FROM ({kept_by_filters_sql(filter_names)}) c"
-            f" LEFT JOIN verdicts v ON v.response_id = c.response_id AND v.stage = '{STAGE}'"
-            f"  AND v.config_hash = $chash"
-            f" ORDER BY c.created_at, c.response_id", {"chash": chash}).fetchall()
-    representative: dict[str, str] = {}
-    new_verdicts: list[tuple[str, Verdict]] = []
-    for response_id, prompt, text, decided in candidates:
-        key = text_key(prompt, text)
-        if decided is not None:
-            if decided:
-                representative.setdefault(key, response_id)
-            continue
-        if key in representative:
-            new_verdicts.append(
-                (response_id, Verdict(False, f"duplicate of {representative[key]}")))
-        else:
-            representative[key] = response_id
-            new_verdicts.append((response_id, KEEP))
-    write_verdicts(catalog, STAGE, chash, run_id, new_verdicts)
-    dropped = sum(not v.keep for _, v in new_verdicts)
-    log.info("dedupe judged %d new responses, dropped %d duplicates", len(new_verdicts), dropped)
-    return {"judged": len(new_verdicts), "duplicates": dropped}
+# The representative rule (module docstring) as an ORDER BY.
+_JUDGING_ORDER = ("ORDER BY (p.reference IS NULL), (c.finish_reason IS DISTINCT FROM 'stop'),"
+                  " length(c.text), c.created_at, c.response_id")
+_SUBJECT = ("coalesce(json_extract_string(p.reference, '$.question'), p.text)"
+            " || chr(10) || c.text")
+
+
+def _candidates(catalog: Catalog, filter_names: list[str], earlier: list[str], name: str,
+                hashes: dict[str, str], decided: bool) -> list[Candidate]:
+    """Rows kept so far that this stage has (decided) or has not yet (not decided) judged;
+    decided ones are only those it kept."""
+    verdict = (f"EXISTS (SELECT 1 FROM verdicts v WHERE v.response_id = c.response_id"
+               f" AND v.stage = '{stage_name(name)}' AND v.config_hash = $dhash"
+               + (" AND v.keep)" if decided else ")"))
+    rows = catalog.rows(
+        f"SELECT c.response_id, {_SUBJECT} AS subject,"
+        f" json_extract_string(p.reference, '$.answer') AS label"
+        f" FROM ({kept_by_filters_sql(filter_names, earlier)}) c JOIN prompts p USING (prompt_id)"
+        f" WHERE {'' if decided else 'NOT '}{verdict} {_JUDGING_ORDER}", hashes)
+    return [Candidate(r["response_id"], r["subject"], r["label"]) for r in rows]
+
+
+@stage("exact")
+def exact() -> Judge:
+    """Same normalised subject (case, width and whitespace ignored)."""
+    def judge(catalog: Catalog, kept: list[Candidate], new: list[Candidate]) -> list[Match | None]:
+        seen = {content_hash(normalize(c.subject)): c.response_id for c in reversed(kept)}
+        matches: list[Match | None] = []
+        for c in new:
+            key = content_hash(normalize(c.subject))
+            matches.append(Match(seen[key], 1.0) if key in seen else None)
+            seen.setdefault(key, c.response_id)
+        return matches
+    return judge
+
+
+@stage("near")
+def near(ngram: int = 5, bands: int = 20, rows: int = 5, threshold: float = 0.65,
+         seed: int = 1) -> Judge:
+    """MinHash-LSH over word n-grams (see `stillroom.tasks.minhash` for the parameters).
+
+    Signatures and band keys are persisted per row; a new row is compared only with
+    earlier kept rows that share a band with it, fetched by one join.
+    """
+    from stillroom.tasks.minhash import MinHasher, MinHashParams, NearDupIndex
+
+    hasher = MinHasher(MinHashParams(ngram, bands, rows, threshold, seed))
+    phash = hasher.params.signature_hash
+
+    def judge(catalog: Catalog, kept: list[Candidate], new: list[Candidate]) -> list[Match | None]:
+        _persist_signatures(catalog, hasher, new)
+        kept_ids = [c.response_id for c in kept]
+        labels = {c.response_id: c.label for c in kept}
+        with catalog.reader() as conn:
+            earlier = conn.execute(
+                "SELECT s.response_id, s.signature FROM minhash_signatures s"
+                " WHERE s.params_hash = $p AND s.response_id IN (SELECT unnest($kept))"
+                " AND s.response_id IN (SELECT e.response_id FROM minhash_bands e"
+                "  JOIN minhash_bands n ON n.params_hash = e.params_hash"
+                "   AND n.band_key = e.band_key"
+                "  WHERE e.params_hash = $p AND n.response_id IN (SELECT unnest($new)))",
+                {"p": phash, "kept": kept_ids, "new": [c.response_id for c in new]}).fetchall()
+            signatures = dict(conn.execute(
+                "SELECT response_id, signature FROM minhash_signatures WHERE params_hash = $p"
+                " AND response_id IN (SELECT unnest($new))",
+                {"p": phash, "new": [c.response_id for c in new]}).fetchall())
+        index = NearDupIndex(hasher)
+        if earlier:
+            old = np.stack([np.frombuffer(blob, np.uint32) for _, blob in earlier])
+            for (rid, _), signature, keys in zip(earlier, old, hasher.band_keys(old).tolist(),
+                                                 strict=True):
+                index.insert(rid, signature, keys, labels.get(rid))
+        fresh = np.stack([np.frombuffer(signatures[c.response_id], np.uint32) for c in new])
+        found = index.add_signatures([c.response_id for c in new], fresh,
+                                     [c.label for c in new])
+        return [Match(*m) if m else None for m in found]
+    return judge
+
+
+def _persist_signatures(catalog: Catalog, hasher: Any, rows: list[Candidate]) -> None:
+    """Compute and store signatures and band keys for rows that have none yet."""
+    phash = hasher.params.signature_hash
+    have = {r["response_id"] for r in catalog.rows(
+        "SELECT response_id FROM minhash_signatures WHERE params_hash = ?"
+        " AND response_id IN (SELECT unnest(?))", [phash, [c.response_id for c in rows]])}
+    missing = [c for c in rows if c.response_id not in have]
+    if not missing:
+        return
+    signatures = hasher.signatures([c.subject for c in missing])
+    keys = hasher.band_keys(signatures)
+    ids = [c.response_id for c in missing]
+    with catalog.write() as conn:
+        insert_many(conn, "INSERT OR IGNORE INTO minhash_signatures VALUES (?, ?, ?)",
+                    [(rid, phash, sig.tobytes()) for rid, sig in zip(ids, signatures,
+                                                                      strict=True)])
+        band_rows = {"params_hash": [phash] * keys.size, "band_key": keys.ravel(),
+                     "response_id": np.repeat(np.array(ids, dtype=object), keys.shape[1])}
+        import pyarrow as pa
+
+        batch = pa.table(band_rows)  # noqa: F841 (scanned below)
+        conn.execute("INSERT INTO minhash_bands SELECT * FROM batch")
+
+
+@stage("semantic")
+def semantic(threshold: float = 0.95, min_content_overlap: float = 0.8,
+             model: str | None = None) -> Judge:
+    """MiniLM cosine at or above `threshold`, confirmed by a content-word check.
+
+    Template-alike texts (one template, different numbers or names) embed above 0.9
+    like paraphrases do; a pair is confirmed only if both carry the same numbers and
+    one's content words (stopwords dropped) are at least `min_content_overlap`
+    contained in the other's. Embeddings are persisted per row and model.
+    """
+    from stillroom.tasks import embeddings
+
+    if not 0 < threshold <= 1 or not 0 <= min_content_overlap <= 1:
+        raise StillroomError("threshold must be in (0, 1] and min_content_overlap in [0, 1]",
+                             where="dedupe.semantic")
+    model_path = model or embeddings.default_model()
+
+    def judge(catalog: Catalog, kept: list[Candidate], new: list[Candidate]) -> list[Match | None]:
+        vectors = embeddings.vectors(catalog, model_path, kept + new)
+        reps = list(kept)  # representatives so far; their vectors are the first len(reps) rows
+        rep_vectors = np.empty_like(vectors)
+        rep_vectors[:len(kept)] = vectors[:len(kept)]
+        matches: list[Match | None] = []
+        for c, v in zip(new, vectors[len(kept):], strict=True):
+            scores = rep_vectors[:len(reps)] @ v
+            close = np.flatnonzero(scores >= threshold)
+            match = next((Match(reps[i].response_id, float(scores[i]))
+                          for i in close[np.argsort(-scores[close])]
+                          if (c.label is None or reps[i].label in (None, c.label))
+                          and embeddings.same_content(c.subject, reps[i].subject,
+                                                      min_content_overlap)), None)
+            matches.append(match)
+            if match is None:
+                rep_vectors[len(reps)] = v
+                reps.append(c)
+        return matches
+    return judge
+
+
+DEFAULT_DEDUPE: dict[str, dict[str, Any]] = {"exact": {}, "near": {}, "semantic": {}}
+
+
+def build(config: dict[str, dict[str, Any]]) -> dict[str, Judge]:
+    """Instantiate stages by name, in pipeline order, with a clear error for bad ones."""
+    built = {}
+    for name, params in config.items():
+        if name not in STAGES:
+            raise StillroomError(f"unknown dedupe stage {name!r}; known: {', '.join(STAGES)}",
+                                 where=f"dedupe.{name}")
+        try:
+            built[name] = STAGES[name](**(params or {}))
+        except TypeError as exc:
+            raise StillroomError(f"bad parameters {params}: {exc}",
+                                 where=f"dedupe.{name}") from exc
+    order = list(STAGES)
+    return dict(sorted(built.items(), key=lambda item: order.index(item[0])))
+
+
+def dedupe(catalog: Catalog, filter_names: list[str], hashes: dict[str, str],
+           config: dict[str, dict[str, Any]], run_id: str) -> dict[str, Any]:
+    """Run every configured stage over the rows it has not judged; returns drop counts."""
+    stages = build(config)
+    counts: dict[str, Any] = {}
+    earlier: list[str] = []
+    for name, judge in stages.items():
+        new = _candidates(catalog, filter_names, earlier, name, hashes, decided=False)
+        if new:
+            kept = _candidates(catalog, filter_names, earlier, name, hashes, decided=True)
+            matches = judge(catalog, kept, new)
+            _record(catalog, name, hashes["dhash"], run_id, new, matches)
+        dropped = sum(m is not None for m in matches) if new else 0
+        counts[name] = {"judged": len(new), "dropped": dropped}
+        earlier.append(name)
+    log.info("dedupe: %s", ", ".join(f"{k} dropped {v['dropped']} of {v['judged']}"
+                                     for k, v in counts.items()))
+    return counts
+
+
+def _record(catalog: Catalog, name: str, dhash: str, run_id: str, rows: list[Candidate],
+            matches: list[Match | None]) -> None:
+    verdicts = [(c.response_id, Verdict(True) if m is None else Verdict(
+        False, f"{name} duplicate of {m.representative_id} (similarity {m.similarity:.2f})"))
+        for c, m in zip(rows, matches, strict=True)]
+    links = [(c.response_id, stage_name(name), dhash, m.representative_id, m.similarity)
+             for c, m in zip(rows, matches, strict=True) if m is not None]
+    write_verdicts(catalog, stage_name(name), dhash, run_id, verdicts, links)
+
+
+def clusters(catalog: Catalog, representative_id: str) -> list[dict[str, Any]]:
+    """The rows dropped in favour of one representative, by any stage."""
+    return catalog.rows("SELECT response_id, stage, similarity FROM duplicate_links"
+                        " WHERE representative_id = ? ORDER BY stage, response_id",
+                        [representative_id])

@@ -130,7 +130,7 @@ def build(config: dict[str, dict[str, Any]]) -> dict[str, FilterFn]:
     for name, params in config.items():
         if name not in FILTERS:
             raise StillroomError(f"unknown filter {name!r}; known: {', '.join(sorted(FILTERS))}",
-                                 where="filters")
+                                 where=f"filters.{name}")
         try:
             built[name] = FILTERS[name](**(params or {}))
         except TypeError as exc:
@@ -152,11 +152,15 @@ ROWS_SQL = (
 
 
 def write_verdicts(catalog: Catalog, stage: str, chash: str, run_id: str,
-                   verdicts: list[tuple[str, Verdict]]) -> None:
-    """Record (response id, verdict) pairs for one stage; a decided response keeps its first."""
+                   verdicts: list[tuple[str, Verdict]],
+                   links: list[tuple[str, str, str, str, float]] = ()) -> None:
+    """Record (response id, verdict) pairs for one stage, and a dedupe stage's links to
+    representatives, in one transaction; a decided response keeps its first verdict."""
     with catalog.write() as conn:
         insert_many(conn, "INSERT OR IGNORE INTO verdicts VALUES (?, ?, ?, ?, ?, ?, now())",
                     [(rid, stage, chash, v.keep, v.reason, run_id) for rid, v in verdicts])
+        insert_many(conn, "INSERT OR IGNORE INTO duplicate_links VALUES (?, ?, ?, ?, ?)",
+                    list(links))
 
 
 def apply_filters(catalog: Catalog, config: dict[str, dict[str, Any]], run_id: str) -> dict:

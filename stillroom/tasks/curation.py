@@ -1,0 +1,107 @@
+"""What curation runs with: filters, then dedupe stages, from a YAML file or the defaults.
+
+    filters:              # name: parameters, run in this order
+      verifier: {}
+      length: {max_chars: 4000}
+    dedupe:               # run as exact -> near -> semantic, whichever are named
+      exact: {}
+      near: {threshold: 0.7}
+
+Every problem (malformed YAML, an unknown filter or stage, a parameter out of range)
+is reported once, naming the file and line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stillroom.catalog import Catalog
+from stillroom.errors import StillroomError
+from stillroom.hashing import content_hash
+from stillroom.tasks import dedupe, filters
+
+Stages = dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class CurationConfig:
+    filters: Stages = field(default_factory=lambda: dict(filters.DEFAULT_FILTERS))
+    dedupe: Stages = field(default_factory=lambda: dict(dedupe.DEFAULT_DEDUPE))
+
+    @property
+    def hashes(self) -> dict[str, str]:
+        """`fhash` keys filter verdicts; `dhash` keys dedupe verdicts (they depend on both)."""
+        fhash = filters.config_hash(self.filters)
+        return {"fhash": fhash, "dhash": content_hash("dedupe", fhash, self.dedupe)}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"filters": self.filters, "dedupe": self.dedupe, **self.hashes}
+
+    def validate(self) -> CurationConfig:
+        filters.build(self.filters)
+        dedupe.build(self.dedupe)
+        return self
+
+
+def curate(catalog: Catalog, config: CurationConfig, run_id: str) -> dict[str, Any]:
+    """Judge every row not yet judged under `config`: filters first, then dedupe stages."""
+    return {"filters": filters.apply_filters(catalog, config.filters, run_id),
+            "dedupe": dedupe.dedupe(catalog, list(config.filters), config.hashes, config.dedupe,
+                                    run_id)}
+
+
+def load_config(path: Path | str | None) -> CurationConfig:
+    """The config in `path`, validated; the defaults when `path` is None."""
+    if path is None:
+        return CurationConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise StillroomError("no such curation config file", where=str(path))
+    try:
+        root = yaml.compose(path.read_text(encoding="utf-8"))
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise StillroomError(f"malformed YAML: {getattr(exc, 'problem', exc)}",
+                             where=where) from exc
+    lines = _key_lines(root)
+    if not isinstance(spec, dict) or not spec:
+        raise StillroomError("expected a mapping with 'filters' and/or 'dedupe'", where=str(path))
+    unknown = spec.keys() - {"filters", "dedupe"}
+    if unknown:
+        key = sorted(unknown)[0]
+        raise StillroomError(f"unknown key {key!r}; expected 'filters' and/or 'dedupe'",
+                             where=f"{path}:{lines.get(key, 1)}")
+    sections = {}
+    for section in ("filters", "dedupe"):
+        value = spec.get(section) or {}
+        if not isinstance(value, dict) or not all(isinstance(p, dict | None) for p in
+                                                   value.values()):
+            raise StillroomError(f"'{section}' must map names to parameter mappings",
+                                 where=f"{path}:{lines.get(section, 1)}")
+        sections[section] = {name: dict(params or {}) for name, params in value.items()}
+    config = CurationConfig(sections["filters"], sections["dedupe"])
+    try:
+        return config.validate()
+    except StillroomError as exc:  # `where` is e.g. "filters.length": point at its line
+        key = exc.where or ""
+        line = lines.get(key) or lines.get(key.split(".")[0], 1)
+        raise StillroomError(exc.message, where=f"{path}:{line} ({key})") from exc
+
+
+def _key_lines(root: Any) -> dict[str, int]:
+    """1-based line of every section key and of every `section.name` key."""
+    lines: dict[str, int] = {}
+    if not isinstance(root, yaml.MappingNode):
+        return lines
+    for key, value in root.value:
+        lines[key.value] = key.start_mark.line + 1
+        if isinstance(value, yaml.MappingNode):
+            for sub, _ in value.value:
+                lines[f"{key.value}.{sub.value}"] = sub.start_mark.line + 1
+    return lines

