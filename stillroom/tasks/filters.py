@@ -1,13 +1,19 @@
 """Filters: small blocks that keep or drop a response, always with a reason.
 
 Nothing is deleted: every decision is a row in `verdicts`, keyed by the filter
-config's hash, and dataset versions select the rows every filter kept.
+config's hash, and dataset versions select the rows every filter kept. Filters
+run in the config's order and a row one of them dropped is not judged by the
+later ones, so each dropped row has exactly one reason and the costly filters
+(the sandboxed verifier, the judge) see only what survived the cheap ones.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
+import string
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +22,7 @@ from stillroom.catalog import Catalog, insert_many
 from stillroom.errors import StillroomError
 from stillroom.eval.metrics import score_with
 from stillroom.hashing import content_hash
+from stillroom.tasks import sandbox
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +93,76 @@ def length(min_chars: int = 1, max_chars: int = 8000) -> FilterFn:
     return check
 
 
+REFUSAL_PHRASES = (
+    "i'm sorry, but", "i am sorry, but", "i cannot help", "i can't help", "i cannot assist",
+    "i can't assist", "i won't be able to", "i am unable to", "i'm unable to",
+    "as an ai", "as a language model", "i cannot provide", "i can't provide",
+    "i must decline", "against my guidelines")
+
+
+@register("refusal")
+def refusal(phrases: list[str] | None = None, within_chars: int = 300) -> FilterFn:
+    """Refusals and assistant boilerplate, by phrase, near the start of the response."""
+    if within_chars < 1:
+        raise StillroomError("within_chars must be >= 1", where="filters.refusal")
+    needles = tuple(p.casefold() for p in (phrases or REFUSAL_PHRASES))
+
+    def check(row: Row) -> Verdict:
+        head = row["text"][:within_chars].casefold().replace("\u2019", "'")
+        hit = next((p for p in needles if p in head), None)
+        return Verdict(False, f"refusal: {hit!r}") if hit else KEEP
+    return check
+
+
+@register("charset")
+def charset(scripts: list[str] | None = None, max_foreign_fraction: float = 0.1) -> FilterFn:
+    """Mojibake, control characters, and text mostly in a script the dataset is not in.
+
+    A letter's script is the first word of its Unicode name (LATIN, CYRILLIC, CJK, ...);
+    this is a language check at script granularity, which needs no model.
+    """
+    if not 0 <= max_foreign_fraction <= 1:
+        raise StillroomError("max_foreign_fraction must be in [0, 1]", where="filters.charset")
+    allowed = {s.upper() for s in (scripts or ["LATIN"])}
+
+    def check(row: Row) -> Verdict:
+        text = row["text"]
+        if "\ufffd" in text:
+            return Verdict(False, "charset: contains U+FFFD (undecodable bytes)")
+        control = [c for c in text if unicodedata.category(c) == "Cc" and c not in "\n\r\t"]
+        if control:
+            return Verdict(False, f"charset: control character U+{ord(control[0]):04X}")
+        letters = [c for c in text if c.isalpha()]
+        if not letters:
+            return KEEP
+        foreign = [c for c in letters if unicodedata.name(c, "?").split()[0] not in allowed]
+        if len(foreign) / len(letters) > max_foreign_fraction:
+            script = unicodedata.name(foreign[0], "?").split()[0]
+            return Verdict(False, f"charset: {len(foreign) / len(letters):.0%} of letters are "
+                                  f"{script}, not {'/'.join(sorted(allowed))}")
+        return KEEP
+    return check
+
+
 @register("verifier")
-def verifier(min_score: float = 1.0) -> FilterFn:
-    """Prompts with a known answer keep only responses their task's scorer accepts."""
+def verifier(min_score: float = 1.0, timeout_s: float = 5.0, memory_mb: int = 512) -> FilterFn:
+    """Prompts with a known answer keep only responses their checker accepts: code with
+    tests (HumanEval style) runs in a sandboxed subprocess, everything else goes to its
+    reasoning-gym scorer."""
+    if not 0 <= min_score <= 1 or timeout_s <= 0 or memory_mb < 64:
+        raise StillroomError("need 0 <= min_score <= 1, timeout_s > 0, memory_mb >= 64",
+                             where="filters.verifier")
+
     def check(row: Row) -> Verdict:
         if not row["task"] or not row["reference"]:
             return KEEP
         reference = json.loads(row["reference"])
+        if "test" in reference and "entry_point" in reference:
+            program = sandbox.humaneval_program(reference["prompt"], row["text"],
+                                                reference["test"], reference["entry_point"])
+            result = sandbox.run_python(program, timeout_s, memory_mb)
+            return KEEP if result.passed else Verdict(False, f"verifier: tests fail"
+                                                             f" ({result.reason})")
         score = score_with("reasoning_gym", row["text"], reference, task=row["task"])
         if score < min_score:
             return Verdict(False, f"verifier: score {score:g} (expected {reference['answer']!r})")
@@ -119,20 +189,58 @@ def decontaminate(n: int = 13) -> FilterFn:
     return check
 
 
+@register("judge")
+def judge(teacher: str, min_score: int = 7, max_tokens: int = 4, template: str | None = None,
+          catalog: Catalog | None = None) -> FilterFn:
+    """A teacher grades each (question, response) from 1 to 10; rows below `min_score` are
+    dropped with the grade. The judge must be registered and its license must allow use."""
+    if not 1 <= min_score <= 10:
+        raise StillroomError("min_score must be in [1, 10]", where="filters.judge")
+    if template is not None and not {"{question}", "{response}"} <= _fields(template):
+        raise StillroomError("template needs {question} and {response}", where="filters.judge")
+    from stillroom.tasks.judge import Judge
+
+    grader = Judge(catalog or Catalog(), teacher, template, max_tokens)
+
+    def check_all(rows: list[Row]) -> list[Verdict]:
+        verdicts = []
+        for score, raw in grader.scores(rows):
+            if score is None:
+                verdicts.append(Verdict(False, f"judge: no grade in {raw[:40]!r}"))
+            elif score < min_score:
+                verdicts.append(Verdict(False, f"judge: {score}/10 < {min_score}"))
+            else:
+                verdicts.append(KEEP)
+        return verdicts
+    check_all.batched = True  # type: ignore[attr-defined]
+    return check_all
+
+
+def _fields(template: str) -> set[str]:
+    return {f"{{{name}}}" for _, name, _, _ in string.Formatter().parse(template) if name}
+
+
 DEFAULT_FILTERS: dict[str, dict[str, Any]] = {
-    "empty": {}, "truncated": {}, "repetition": {}, "length": {}, "verifier": {},
-    "decontaminate": {}}
+    "empty": {}, "truncated": {}, "refusal": {}, "repetition": {}, "charset": {}, "length": {},
+    "verifier": {}, "decontaminate": {}}
 
 
-def build(config: dict[str, dict[str, Any]]) -> dict[str, FilterFn]:
-    """Instantiate filters by name, with a clear error for unknown names or parameters."""
+def build(config: dict[str, dict[str, Any]], catalog: Catalog | None = None
+          ) -> dict[str, FilterFn]:
+    """Instantiate filters by name, with a clear error for unknown names or parameters.
+    Filters that take a `catalog` (the judge) get `catalog`; others must not name one."""
     built = {}
     for name, params in config.items():
         if name not in FILTERS:
             raise StillroomError(f"unknown filter {name!r}; known: {', '.join(sorted(FILTERS))}",
                                  where=f"filters.{name}")
+        params = dict(params or {})
+        if "catalog" in params:
+            raise StillroomError("'catalog' is not a parameter", where=f"filters.{name}")
+        if catalog is not None and "catalog" in inspect.signature(FILTERS[name]).parameters:
+            params["catalog"] = catalog
         try:
-            built[name] = FILTERS[name](**(params or {}))
+            built[name] = FILTERS[name](**params)
         except TypeError as exc:
             raise StillroomError(f"bad parameters {params}: {exc}",
                                  where=f"filters.{name}") from exc
@@ -148,7 +256,12 @@ ROWS_SQL = (
     " p.text AS prompt"
     " FROM responses r JOIN prompts p USING (prompt_id)"
     " WHERE NOT EXISTS (SELECT 1 FROM verdicts v WHERE v.response_id = r.response_id"
-    "                   AND v.stage = ? AND v.config_hash = ?)")
+    "                   AND v.stage = ? AND v.config_hash = ?)"
+    # Filters run in order: a row an earlier filter dropped is not judged again.
+    " AND NOT EXISTS (SELECT 1 FROM verdicts d WHERE d.response_id = r.response_id"
+    "                 AND d.stage LIKE 'filter:%' AND d.config_hash = ? AND NOT d.keep)"
+    " ORDER BY r.created_at, r.response_id")
+BATCHED_CHUNK = 64
 
 
 def write_verdicts(catalog: Catalog, stage: str, chash: str, run_id: str,
@@ -165,15 +278,22 @@ def write_verdicts(catalog: Catalog, stage: str, chash: str, run_id: str,
 
 def apply_filters(catalog: Catalog, config: dict[str, dict[str, Any]], run_id: str) -> dict:
     """Judge every response that has no verdict yet under this config; returns counts."""
-    filters = build(config)
+    filters = build(config, catalog)
     chash = config_hash(config)
     counts: dict[str, Any] = {"judged": 0, "dropped": {}}
     for name, check in filters.items():
         stage = f"filter:{name}"
-        rows = catalog.rows(ROWS_SQL, [stage, chash])
-        verdicts = [(row["response_id"], check(row)) for row in rows]
-        write_verdicts(catalog, stage, chash, run_id, verdicts)
+        rows = catalog.rows(ROWS_SQL, [stage, chash, chash])
+        dropped = 0
+        # Batched filters (the judge) commit per chunk, so a crash repeats at most one chunk.
+        step = BATCHED_CHUNK if getattr(check, "batched", False) else max(len(rows), 1)
+        for start in range(0, len(rows), step):
+            chunk = rows[start:start + step]
+            judged = check(chunk) if step == BATCHED_CHUNK else [check(r) for r in chunk]
+            verdicts = [(row["response_id"], v) for row, v in zip(chunk, judged, strict=True)]
+            write_verdicts(catalog, stage, chash, run_id, verdicts)
+            dropped += sum(not v.keep for _, v in verdicts)
         counts["judged"] = max(counts["judged"], len(rows))
-        counts["dropped"][name] = sum(not v.keep for _, v in verdicts)
+        counts["dropped"][name] = dropped
     log.info("filters judged %d responses, dropped %s", counts["judged"], counts["dropped"])
     return counts
