@@ -52,7 +52,7 @@ def cmd_generate(args: argparse.Namespace) -> dict[str, Any]:
     sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p,
                               max_tokens=args.max_tokens, n=args.n, seed=args.seed,
                               stop=tuple(args.stop), logprobs_k=args.logprobs_k)
-    prompts = load_prompts(args.prompts)
+    prompts = load_prompts(args.prompts, args.on_bad_seed)
     return generate(catalog, teacher, prompts, sampling, batch_size=args.batch_size,
                     noncommercial=args.noncommercial, backend=args.backend,
                     endpoints=args.endpoint or None, api_key_env=args.api_key_env)
@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompts", required=True,
                      help="prompt file (.yaml grid/reasoning_gym, .jsonl seeds) or "
                           "reasoning_gym:TASK[:SIZE[:SEED]]")
+    gen.add_argument("--on-bad-seed", choices=["refuse", "report"], default="refuse",
+                     help="a seed row that cannot be used stops the run (refuse), or is set "
+                          "aside in the catalog's rejected_seeds with its reason (report)")
     gen.add_argument("--max-tokens", type=int, default=64)
     gen.add_argument("--n", type=int, default=1, help="samples per prompt")
     gen.add_argument("--temperature", type=float, default=0.0)

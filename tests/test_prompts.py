@@ -9,7 +9,7 @@ import pytest
 
 from stillroom.catalog import Catalog
 from stillroom.errors import StillroomError
-from stillroom.tasks.prompts import load_prompts, store_prompts
+from stillroom.tasks.prompts import load_prompts, store_prompts, store_rejected
 
 
 def write(path: Path, text: str) -> str:
@@ -45,9 +45,13 @@ def test_reasoning_gym_prompts_keep_answers() -> None:
 
 
 @pytest.mark.parametrize("name, text, message", [
-    ("empty.jsonl", "", "no prompts in file"),
+    ("empty.jsonl", "", "empty.jsonl: no usable prompts"),
     ("bad.jsonl", '{"prompt": "ok"}\n{"prompt": \n', "bad.jsonl:2: not valid JSON"),
-    ("wrong.jsonl", '{"prompt": "ok"}\n{"text": "no"}\n', "wrong.jsonl:2: needs a non-empty"),
+    ("wrong.jsonl", '{"prompt": "ok"}\n{"text": "no"}\n', "wrong.jsonl:2: needs a JSON object"),
+    ("axis.yaml", "grid:\n  templates: ['{topic} as {persona}']\n  topics: [x]\n",
+     "uses {persona} but the grid has no 'personas' list"),
+    ("seed.yaml", "seeds:\n  - jsonl: missing.jsonl\n", "seeds[0]: no such jsonl seed"),
+    ("cb.yaml", "seeds:\n  - chatterbot: [nope]\n", "unknown categories ['nope']"),
     ("bad.yaml", "grid:\n  templates: [a\n", "bad.yaml:3: malformed YAML"),
     ("notopic.yaml", "grid:\n  templates: ['no slot']\n  topics: [x]\n", "containing {topic}"),
     ("extra.yaml", "grid: {templates: ['{topic}'], topics: [x]}\nbogus: 1\n", "unknown keys"),
@@ -63,3 +67,66 @@ def test_bad_prompt_files_name_file_and_line(tmp_path: Path, name: str, text: st
 def test_missing_prompt_file() -> None:
     with pytest.raises(StillroomError, match="no such prompt file"):
         load_prompts("/nope/prompts.jsonl")
+
+
+def test_grid_crosses_topics_personas_and_difficulties(tmp_path: Path) -> None:
+    spec = write(tmp_path / "p.yaml", """
+grid:
+  templates:
+    - "As {persona}, explain {topic} at a {difficulty} level."
+    - "Quick question about {topic}?"
+  topics: [tides, rust]
+  personas: [a chemist, a sailor, a child]
+  difficulties: [beginner, expert]
+""")
+    prompts = load_prompts(spec)
+    assert len(prompts) == 2 * 3 * 2 + 2
+    first = prompts[0]
+    assert first.meta == {"template": "As {persona}, explain {topic} at a {difficulty} level.",
+                          "difficulty": "beginner", "persona": "a chemist", "topic": "tides"}
+    assert first.text == "As a chemist, explain tides at a beginner level."
+
+
+def test_seed_sources_hf_dataset_and_chatterbot(tmp_path: Path) -> None:
+    import datasets
+
+    datasets.Dataset.from_dict({"question": ["Why is the sky blue?", "What is rust?"],
+                                "topic": ["light", "metal"]}).save_to_disk(tmp_path / "hf")
+    (tmp_path / "more.jsonl").write_text(json.dumps({"prompt": "Say hi"}) + "\n")
+    spec = write(tmp_path / "p.yaml", """
+seeds:
+  - hf_dataset: hf
+    field: question
+  - jsonl: more.jsonl
+  - chatterbot: [science, history]
+humaneval: {size: 2}
+""")
+    prompts = load_prompts(spec)
+    by_source = {}
+    for p in prompts:
+        by_source.setdefault(p.source.split(":")[0], []).append(p)
+    assert [p.text for p in by_source["hf"]] == ["Why is the sky blue?", "What is rust?"]
+    assert by_source["hf"][0].meta == {"topic": "light"}
+    assert len(by_source["seed"]) == 1
+    assert len(by_source["chatterbot"]) > 20
+    assert {p.meta["topic"] for p in by_source["chatterbot"]} == {"science", "history"}
+    code = by_source["humaneval"]
+    assert len(code) == 2 and code[0].task == "humaneval" and "check" in code[0].reference["test"]
+
+
+def test_bad_seed_rows_refuse_or_report(tmp_path: Path, catalog: Catalog) -> None:
+    lines = [json.dumps({"prompt": "Good one"}), "{broken", json.dumps({"prompt": ""}),
+             json.dumps({"prompt": "Another good one"})]
+    path = write(tmp_path / "s.jsonl", "\n".join(lines))
+    with pytest.raises(StillroomError, match=r"s.jsonl:2: not valid JSON .*--on-bad-seed report"):
+        load_prompts(path)
+    prompts = load_prompts(path, on_bad="report")
+    assert [p.text for p in prompts] == ["Good one", "Another good one"]
+    assert [(r.location.rsplit("/", 1)[1], r.reason.split(" (")[0]) for r in prompts.rejected] \
+        == [("s.jsonl:2", "not valid JSON"), ("s.jsonl:3", "needs a JSON object with a "
+            "non-empty string 'prompt' or a 'messages' list of {role, content}")]
+    with catalog.write() as conn:
+        store_rejected(conn, prompts.rejected, "run-1")
+    assert catalog.scalar("SELECT count(*) FROM rejected_seeds WHERE run_id = 'run-1'") == 2
+    with pytest.raises(StillroomError, match="no usable prompts \\(1 bad rows\\)"):
+        load_prompts(write(tmp_path / "bad.jsonl", "{x\n"), on_bad="report")

