@@ -63,12 +63,25 @@ def cmd_dataset(args: argparse.Namespace) -> dict[str, Any] | None:
 
     catalog = Catalog()
     if args.action == "cut":
-        from stillroom.flows.distill import cut_dataset, filter_and_dedupe
+        from stillroom.flows.distill import cut_dataset, diversity_report, filter_and_dedupe
         from stillroom.tasks.curation import load_config
 
         config = load_config(args.config)
         judged = filter_and_dedupe.fn(config)
-        return {**cut_dataset.fn(config, args.name, args.teacher), "filter": judged}
+        version = cut_dataset.fn(config, args.name, args.teacher)
+        return {**version, "filter": judged,
+                "diversity": diversity_report.fn(version["dataset_id"])}
+    if args.action == "diff":
+        changes = datasets.diff(catalog, args.a, args.b)
+        print(json.dumps(changes, indent=2, default=str))
+        return {"a": changes["a"], "b": changes["b"], "added": changes["added"],
+                "removed": changes["removed"], "unchanged": changes["unchanged"]}
+    if args.action == "report":
+        from stillroom.tasks.diversity import store_report
+
+        report = store_report(catalog, datasets.resolve(catalog, args.version), "cli")
+        print(json.dumps(report, indent=2))
+        return None
     if args.action == "list":
         for row in datasets.list_versions(catalog):
             print(f"{row['dataset_id']}  {row['n_rows']:>6} rows  {row['name'] or '-':<24}"
@@ -186,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     cut.add_argument("--config", help="curation YAML: filters and dedupe stages "
                                       "(default: every built-in filter, exact+near+semantic)")
     dsub.add_parser("list", help="dataset versions, newest first")
+    diff = dsub.add_parser("diff", help="rows, sources, config and teachers changed from A to B")
+    diff.add_argument("a", help="dataset id, id prefix, name, or 'latest'")
+    diff.add_argument("b")
+    report = dsub.add_parser("report", help="a version's diversity report")
+    report.add_argument("version", help="dataset id, id prefix, name, or 'latest'")
     export = dsub.add_parser("export", help="write a version to disk")
     export.add_argument("version", help="dataset id, id prefix, name, or 'latest'")
     export.add_argument("--format", choices=["jsonl", "parquet", "hf"], default="jsonl")

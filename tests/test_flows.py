@@ -56,7 +56,8 @@ def test_distill_flow_completes_and_records_everything(distilled) -> None:
     student = next(b for b in result["benchmarks"] if b["model"] == "tiny-student")
     assert student["agreement"] is not None and student["tokens_per_s"] > 0
     runs = catalog.rows("SELECT kind, status, flow_run_id FROM runs")
-    assert {r["kind"] for r in runs} >= {"generate", "filter", "dataset", "train", "eval"}
+    assert {r["kind"] for r in runs} >= {"generate", "filter", "dataset", "report", "train",
+                                         "eval"}
     assert all(r["status"] == "completed" and r["flow_run_id"] for r in runs)
     evals = catalog.rows("SELECT model_name, n_items, ci_low, accuracy, ci_high,"
                          " usd_per_1m_tokens FROM eval_results")
@@ -84,6 +85,39 @@ def test_cli_reads_the_catalog(distilled) -> None:
     assert listed.returncode == 0 and "tiny-data" in listed.stdout
     teachers_out = run_cli(home, "teacher", "list")
     assert "tiny" in teachers_out.stdout and "gemma" in teachers_out.stdout
+
+
+def test_diversity_report_is_stored_with_the_version(distilled) -> None:
+    _, catalog, state = distilled
+    dataset_id = state.result()["dataset"]["dataset_id"]
+    report = json.loads(catalog.scalar("SELECT report FROM diversity_reports WHERE scope = ?",
+                                       [f"dataset:{dataset_id}"]))
+    assert report["rows"] == state.result()["dataset"]["rows"]
+    assert 0 < report["prompts"]["distinct_1"] <= 1 and 0 < report["responses"]["distinct_2"] <= 1
+    assert report["embedding"]["k"] >= 1 and 0 < report["embedding"]["coverage"] <= 1
+    assert report["balance"]["source"]["counts"] == {"seed": report["rows"]}
+
+
+def test_cli_cuts_with_a_config_and_diffs_versions(distilled, tmp_path: Path) -> None:
+    home, catalog, _ = distilled
+    config = tmp_path / "loose.yaml"
+    config.write_text("filters:\n  empty: {}\ndedupe:\n  exact: {}\n")
+    cut = run_cli(home, "dataset", "cut", "--config", str(config), "--name", "loose")
+    assert cut.returncode == 0, cut.stderr
+    summary = json.loads(cut.stdout.strip().splitlines()[-1])
+    assert summary["diversity"]["rows"] == summary["rows"]
+    diff = run_cli(home, "dataset", "diff", "tiny-data", "loose")
+    assert diff.returncode == 0, diff.stderr
+    changes = json.loads(diff.stdout.strip().splitlines()[-1])
+    full = json.loads(diff.stdout[:diff.stdout.rindex("\n{")])
+    assert changes["unchanged"] + changes["removed"] == full["rows"]["a"]
+    assert changes["unchanged"] + changes["added"] == full["rows"]["b"]
+    assert set(full["config_changes"]) >= {"filters", "dedupe", "fhash", "dhash"}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("filters:\n  empty: {}\n  lenght: {}\n")
+    refused = run_cli(home, "dataset", "cut", "--config", str(bad))
+    assert refused.returncode == 2
+    assert f"{bad}:3 (filters.lenght): unknown filter 'lenght'" in refused.stderr
 
 
 def test_cli_errors_are_one_clear_line(distilled, tmp_path: Path) -> None:

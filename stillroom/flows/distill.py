@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from importlib.resources import files
 from typing import Any
 
@@ -14,12 +16,14 @@ from stillroom.eval.suites import load_suite
 from stillroom.runs import recorded_run
 from stillroom.tasks import datasets, students
 from stillroom.tasks.curation import CurationConfig, curate, load_config
+from stillroom.tasks.diversity import store_report
 from stillroom.tasks.engine import SamplingConfig, close_engine
 from stillroom.tasks.generate import generate
 from stillroom.tasks.prompts import load_prompts
 from stillroom.tasks.teachers import get_teacher
 from stillroom.tasks.training import TrainConfig
 
+log = logging.getLogger(__name__)
 DEMO_PROMPTS = str(files("stillroom").joinpath("data/demo_prompts.yaml"))
 DEMO_SUITE = "arithmetic-mini"
 
@@ -49,6 +53,16 @@ def cut_dataset(curation: CurationConfig, name: str | None,
     return run.summary
 
 
+@task(cache_policy=NONE)
+def diversity_report(dataset_id: str) -> dict[str, Any]:
+    catalog = Catalog()
+    with recorded_run(catalog, "report", {"dataset_id": dataset_id}) as run:
+        run.summary.update(store_report(catalog, dataset_id, run.run_id))
+    log.info("diversity of %s: %s", dataset_id, json.dumps(
+        {k: run.summary[k] for k in ("prompts", "responses", "embedding")}))
+    return run.summary
+
+
 @flow(name="refresh_dataset")
 def refresh_dataset(teacher: str, prompts: str = DEMO_PROMPTS, max_tokens: int = 16,
                     stop: list[str] | None = None, logprobs_k: int = 20, seed: int = 0,
@@ -65,7 +79,8 @@ def refresh_dataset(teacher: str, prompts: str = DEMO_PROMPTS, max_tokens: int =
     generated = generate_responses(teacher, prompts, sampling, noncommercial, on_bad_seed)
     judged = filter_and_dedupe(config)
     version = cut_dataset(config, dataset_name, teacher)
-    return {"generate": generated, "filter": judged, "dataset": version}
+    report = diversity_report(version["dataset_id"])
+    return {"generate": generated, "filter": judged, "dataset": version, "diversity": report}
 
 
 @flow(name="train_student")

@@ -135,6 +135,44 @@ def export(catalog: Catalog, dataset_id: str, out: Path, fmt: str = "jsonl") -> 
     raise StillroomError(f"unknown format {fmt!r}; use jsonl, parquet or hf", where="--format")
 
 
+def diff(catalog: Catalog, a: str, b: str, examples: int = 5) -> dict[str, Any]:
+    """What changed from version `a` to version `b`: rows, sources, config and teachers."""
+    ids = {ref: resolve(catalog, ref) for ref in (a, b)}
+    rows = catalog.rows(
+        "SELECT d.dataset_id, d.response_id, p.source,"
+        " coalesce(json_extract_string(p.reference, '$.question'), p.text) AS prompt"
+        " FROM dataset_rows d JOIN responses r USING (response_id) JOIN prompts p"
+        "  USING (prompt_id) WHERE d.dataset_id IN (?, ?) ORDER BY d.position",
+        [ids[a], ids[b]])
+    members = {ids[a]: {}, ids[b]: {}}
+    for row in rows:
+        members[row["dataset_id"]][row["response_id"]] = row
+    left, right = members[ids[a]], members[ids[b]]
+    added = [right[r] for r in right if r not in left]
+    removed = [left[r] for r in left if r not in right]
+    manifests = {ref: manifest(catalog, dataset_id) for ref, dataset_id in ids.items()}
+    config = {key: {"a": manifests[a]["config"].get(key), "b": manifests[b]["config"].get(key)}
+              for key in sorted({*manifests[a]["config"], *manifests[b]["config"]})
+              if manifests[a]["config"].get(key) != manifests[b]["config"].get(key)}
+    teachers = {ref: sorted(f"{t['name']}@{t['revision'] or '-'}" for t in m["teachers"])
+                for ref, m in manifests.items()}
+
+    def by_source(group: list[dict]) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for row in group:
+            counts[row["source"]] = counts.get(row["source"], 0) + 1
+        return counts
+
+    return {"a": ids[a], "b": ids[b], "rows": {"a": len(left), "b": len(right)},
+            "added": len(added), "removed": len(removed),
+            "unchanged": len(set(left) & set(right)),
+            "added_by_source": by_source(added), "removed_by_source": by_source(removed),
+            "config_changes": config,
+            "teachers": teachers if teachers[a] != teachers[b] else "unchanged",
+            "added_examples": [r["prompt"][:120] for r in added[:examples]],
+            "removed_examples": [r["prompt"][:120] for r in removed[:examples]]}
+
+
 def list_versions(catalog: Catalog) -> list[dict[str, Any]]:
     if not catalog.path.exists():
         return []
