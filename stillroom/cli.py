@@ -58,6 +58,31 @@ def cmd_generate(args: argparse.Namespace) -> dict[str, Any]:
                     endpoints=args.endpoint or None, api_key_env=args.api_key_env)
 
 
+def cmd_expand(args: argparse.Namespace) -> dict[str, Any]:
+    from stillroom.tasks import expand
+    from stillroom.tasks.prompts import load_prompts
+    from stillroom.tasks.teachers import get_teacher
+
+    catalog = Catalog()
+    teacher = get_teacher(catalog, args.teacher)
+    seeds = load_prompts(args.seeds, args.on_bad_seed)
+    if args.method == "evol":
+        unknown = set(args.operations) - set(expand.EVOLUTIONS)
+        if unknown:
+            raise StillroomError(f"unknown operations {sorted(unknown)}; known: "
+                                 f"{', '.join(expand.EVOLUTIONS)}", where="--operations")
+        requests = expand.evol_requests(seeds, args.operations)
+    else:
+        requests = expand.self_instruct_requests(seeds, args.count, seed=args.seed)
+    accepted = expand.expand(catalog, teacher, requests)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as f:
+        for prompt in accepted:
+            f.write(json.dumps({"prompt": prompt.text, **prompt.meta}) + "\n")
+    return {"out": str(out), "accepted": len(accepted), "gated_out": len(accepted.rejected)}
+
+
 def cmd_dataset(args: argparse.Namespace) -> dict[str, Any] | None:
     from stillroom.tasks import datasets
 
@@ -190,6 +215,20 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--noncommercial", action="store_true",
                      help="declare non-commercial use (needed for research-only licenses)")
     gen.set_defaults(func=cmd_generate)
+
+    exp = sub.add_parser("expand", help="new prompts from a teacher (Self-Instruct, "
+                                        "Evol-Instruct), quality-gated, written as JSONL")
+    exp.add_argument("--teacher", required=True)
+    exp.add_argument("--seeds", required=True, help="seed prompts (any --prompts source)")
+    exp.add_argument("--method", choices=["evol", "self-instruct"], default="evol")
+    exp.add_argument("--operations", type=lambda v: v.split(","),
+                     default=["deepen", "constrain", "concretise", "widen"],
+                     help="evol operations, comma-separated")
+    exp.add_argument("--count", type=int, default=20, help="self-instruct: new instructions")
+    exp.add_argument("--seed", type=int, default=0, help="self-instruct: example sampling")
+    exp.add_argument("--on-bad-seed", choices=["refuse", "report"], default="refuse")
+    exp.add_argument("--out", required=True, help="JSONL file of accepted prompts")
+    exp.set_defaults(func=cmd_expand)
 
     ds = sub.add_parser("dataset", help="cut, list and export dataset versions")
     dsub = ds.add_subparsers(dest="action", required=True, metavar="ACTION")

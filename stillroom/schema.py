@@ -182,6 +182,19 @@ MIGRATIONS: list[tuple[int, str]] = [
             run_id      VARCHAR NOT NULL,
             created_at  TIMESTAMP NOT NULL
         );
+        -- Teacher-written instructions (Self-Instruct, Evol-Instruct), accepted or gated
+        -- out with the reason; keyed by request so a re-run never repeats a finished call.
+        CREATE TABLE expansions (
+            request_key  VARCHAR PRIMARY KEY,
+            parent_id    VARCHAR,
+            teacher_id   VARCHAR NOT NULL,
+            method       VARCHAR NOT NULL,
+            text         VARCHAR NOT NULL,
+            accepted     BOOLEAN NOT NULL,
+            reason       VARCHAR,
+            run_id       VARCHAR NOT NULL,
+            created_at   TIMESTAMP NOT NULL
+        );
         -- Seed rows a prompt source could not use, kept with the reason when the user
         -- chose to report rather than refuse them.
         CREATE TABLE rejected_seeds (
