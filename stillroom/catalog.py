@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -109,9 +110,18 @@ def _bind(params: Params) -> Any:
 
 
 def insert_many(conn: duckdb.DuckDBPyConnection, sql: str, rows: Sequence[Sequence[Any]]) -> int:
-    """`executemany` that accepts an empty batch (DuckDB refuses one)."""
-    if rows:
-        conn.executemany(sql, list(rows))
+    """Run an `INSERT ... VALUES (?, ...)` for many rows as one Arrow bulk insert (DuckDB's
+    `executemany` goes row by row: ~100x slower); an empty batch is a no-op."""
+    if not rows:
+        return 0
+    import pyarrow as pa
+
+    head, values = sql.split(" VALUES ", 1)
+    width = values.count("?")
+    batch = pa.table({f"c{i}": [row[i] for row in rows] for i in range(width)})  # noqa: F841
+    columns = iter(range(width))
+    select = re.sub(r"\?", lambda _: f"c{next(columns)}", values.strip()[1:-1])
+    conn.execute(f"{head} SELECT {select} FROM batch")
     return len(rows)
 
 

@@ -25,7 +25,7 @@ def datasets_dir() -> Path:
     return home() / "datasets"
 
 
-def _has_cuda() -> bool:
+def has_cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
@@ -36,7 +36,7 @@ def apply_engine_env() -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    if "VLLM_ENABLE_V1_MULTIPROCESSING" not in os.environ and not _has_cuda():
+    if "VLLM_ENABLE_V1_MULTIPROCESSING" not in os.environ and not has_cuda():
         # On CPU the engine core in-process starts ~5x faster (no worker spawn and re-import).
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("DO_NOT_TRACK", "1")

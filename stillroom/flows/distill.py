@@ -66,7 +66,7 @@ def diversity_report(dataset_id: str) -> dict[str, Any]:
 @flow(name="refresh_dataset")
 def refresh_dataset(teacher: str, prompts: str = DEMO_PROMPTS, max_tokens: int = 16,
                     stop: list[str] | None = None, logprobs_k: int = 20, seed: int = 0,
-                    curation: str | None = None,
+                    temperature: float = 0.0, top_p: float = 1.0, curation: str | None = None,
                     dataset_name: str | None = None, noncommercial: bool = False,
                     on_bad_seed: str = "refuse") -> dict[str, Any]:
     """Generate from `teacher`, filter, dedupe, and cut an immutable dataset version.
@@ -75,7 +75,8 @@ def refresh_dataset(teacher: str, prompts: str = DEMO_PROMPTS, max_tokens: int =
     """
     config = load_config(curation)
     sampling = {"max_tokens": max_tokens, "stop": tuple(stop if stop is not None else ["\n"]),
-                "logprobs_k": logprobs_k, "seed": seed}
+                "logprobs_k": logprobs_k, "seed": seed, "temperature": temperature,
+                "top_p": top_p}
     generated = generate_responses(teacher, prompts, sampling, noncommercial, on_bad_seed)
     judged = filter_and_dedupe(config)
     version = cut_dataset(config, dataset_name, teacher)

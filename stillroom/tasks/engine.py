@@ -130,9 +130,12 @@ class VLLMEngine(Engine):
         self.revision = revision
         started = time.monotonic()
         try:
+            # On CPU, chunked prefill plus a seeded sampler crashes vLLM ("CPU Generator
+            # does not use offset") as soon as a prompt is split across steps.
+            cpu_only = {} if settings.has_cuda() else {"enable_chunked_prefill": False}
             self.llm = LLM(model=model, revision=revision, dtype=dtype, seed=seed,
                            max_model_len=context_length(model, revision, max_model_len),
-                           enforce_eager=True)
+                           enforce_eager=True, **cpu_only)
         except (OSError, ValueError) as exc:
             raise StillroomError(f"cannot load model: {exc}", where=model) from exc
         self.start_seconds = time.monotonic() - started

@@ -1,0 +1,134 @@
+"""Nightly refresh cost: a full refresh, then one with 5% new prompts, in one run.
+
+Both are the real `refresh_dataset` Prefect flow (generate with top-k soft labels,
+every default filter, exact + near + semantic dedupe, cut a version, diversity
+report) against one catalog. Between the two the process drops its vLLM engine and
+its MiniLM encoder, so the second pays engine start and model load again, as a
+fresh nightly worker would; Python imports and the Prefect server start (a warm-up
+flow) are excluded from both. The teacher is the demo's Gemma 3 270M (converted once
+into ./.stillroom/models), sampled at temperature 1 so responses are varied text;
+`--teacher tiny` uses the tests' tiny Llama instead, whose generation is so cheap that
+the fixed costs (engine start ~5 s, model loads) dominate any laptop-sized refresh.
+
+    .venv/bin/python bench/refresh.py [--prompts 2000] [--new-share 0.05] [--teacher tiny]
+
+The last line is JSON with `incremental_cost_ratio` (second wall time / first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ADJECTIVES = ["ancient", "modern", "tiny", "vast", "quiet", "urban", "coastal", "frozen",
+              "digital", "medieval", "tropical", "industrial", "rural", "orbital", "hidden",
+              "famous", "common", "rare", "electric", "organic", "northern", "desert",
+              "floating", "mechanical", "royal"]
+NOUNS = ["bridges", "forests", "markets", "engines", "libraries", "rivers", "castles",
+         "gardens", "railways", "harbours", "bakeries", "observatories", "mines", "islands",
+         "clocks", "ships", "glaciers", "museums", "farms", "cities", "volcanoes", "deserts",
+         "telescopes", "lighthouses", "monasteries", "factories", "canals", "caves",
+         "orchards", "windmills", "theatres", "schools", "hospitals", "stadiums", "temples",
+         "airports", "reefs", "swamps", "valleys", "bazaars"]
+TEMPLATES = ["Tell me about {topic}.", "Write two sentences about {topic}.",
+             "As {persona}, describe {topic}.", "Why do people care about {topic}?"]
+PERSONAS = ["a historian", "an engineer"]
+
+
+def prompt_spec(path: Path, topics: list[str]) -> str:
+    import yaml
+
+    path.write_text(yaml.safe_dump({"grid": {"templates": TEMPLATES, "topics": topics,
+                                             "personas": PERSONAS}}))
+    return str(path)
+
+
+def prompts_per_topic() -> int:
+    return sum(len(PERSONAS) if "{persona}" in t else 1 for t in TEMPLATES)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=2000)
+    parser.add_argument("--new-share", type=float, default=0.05)
+    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--teacher", choices=["gemma", "tiny"], default="gemma")
+    args = parser.parse_args()
+    models = Path(".stillroom/models").resolve()
+
+    root = Path(tempfile.mkdtemp(prefix="stillroom-bench-refresh-"))
+    os.environ["STILLROOM_HOME"] = str(root / "home")
+    os.environ["PREFECT_HOME"] = str(root / "prefect")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    from stillroom import settings
+
+    settings.apply_engine_env()
+    settings.apply_prefect_env()
+    from prefect import flow
+
+    from stillroom.catalog import Catalog
+    from stillroom.flows.distill import refresh_dataset
+    from stillroom.tasks import embeddings, engine, teachers
+
+    if args.teacher == "gemma":
+        from stillroom.tasks.models import DEMO_TEACHER_DIR, materialize_demo_teacher
+
+        model = materialize_demo_teacher(models / DEMO_TEACHER_DIR)
+    else:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from tiny import build_tiny_model
+
+        model = build_tiny_model(root / "tiny")
+    catalog = Catalog().ensure()
+    teachers.add_teacher(catalog, "teacher", str(model), "apache-2.0", gpu_hour_usd=1.0)
+
+    all_topics = [f"{a} {n}" for a, n in itertools.product(ADJECTIVES, NOUNS)]
+    base = max(1, args.prompts // prompts_per_topic())
+    extra = max(1, round(base * args.new_share))
+    if base + extra > len(all_topics):
+        raise SystemExit(f"at most {len(all_topics) * prompts_per_topic()} prompts")
+    first_spec = prompt_spec(root / "night1.yaml", all_topics[:base])
+    second_spec = prompt_spec(root / "night2.yaml", all_topics[:base + extra])
+
+    @flow(name="warm-up")
+    def warm_up() -> None:
+        """Starts Prefect's local server outside the timed runs."""
+
+    warm_up()
+
+    def night(spec: str, name: str) -> tuple[float, dict]:
+        engine.close_engine()
+        embeddings._encoder.cache_clear()
+        started = time.perf_counter()
+        result = refresh_dataset(teacher="teacher", prompts=spec, max_tokens=args.max_tokens,
+                                 temperature=1.0, dataset_name=name)
+        return time.perf_counter() - started, result
+
+    full_s, full = night(first_spec, "night-1")
+    incremental_s, incremental = night(second_spec, "night-2")
+    engine.close_engine()
+    for label, seconds, result in (("full", full_s, full), ("incremental", incremental_s,
+                                                             incremental)):
+        gen, dedupe = result["generate"], result["filter"]["dedupe"]
+        print(f"{label:<12} {seconds:7.1f} s  sent {gen['requests_sent']:>5}  cached "
+              f"{gen['cache_hits']:>5}  dedupe judged "
+              + ", ".join(f"{k} {v['judged']}" for k, v in dedupe.items())
+              + f"  -> {result['dataset']['rows']} rows")
+    print(json.dumps({
+        "incremental_cost_ratio": round(incremental_s / full_s, 4),
+        "full_s": round(full_s, 1), "incremental_s": round(incremental_s, 1),
+        "prompts": {"full": full["generate"]["requests_sent"],
+                    "new": incremental["generate"]["requests_sent"]},
+        "rows": {"full": full["dataset"]["rows"], "incremental": incremental["dataset"]["rows"]},
+        "diversity_full": {k: full["diversity"][k] for k in ("prompts", "responses",
+                                                             "embedding")}}))
+
+
+if __name__ == "__main__":
+    main()
