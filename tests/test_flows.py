@@ -158,6 +158,10 @@ def test_dashboard_pages_render_the_catalog(distilled) -> None:
         assert len(rows) > 0 and {"kept", "dropped_because", "response"} <= set(rows.columns)
         at.radio[0].set_value("dropped").run()
         assert not at.exception
+        at.sidebar.radio[0].set_value("Datasets").run()
+        assert not at.exception and at.title[0].value == "Dataset versions"
+        assert "tiny-data" in set(at.dataframe[0].value["name"])
+        assert {m.label for m in at.metric} >= {"prompt distinct-2", "embedding coverage"}
 
 
 def test_dashboard_in_a_real_browser(distilled, tmp_path: Path) -> None:

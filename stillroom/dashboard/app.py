@@ -79,6 +79,9 @@ def inspect(catalog: Catalog, response_id: str) -> None:
     left.text_area("Prompt as sent", detail["prompt"], height=220, disabled=True)
     right.text_area("Response", detail["text"], height=220, disabled=True)
     st.dataframe(detail["verdicts"], hide_index=True)
+    if not detail["duplicates"].empty:
+        st.caption(f"Representative of {len(detail['duplicates'])} dropped duplicate(s)")
+        st.dataframe(detail["duplicates"], hide_index=True)
     if detail["topk_ids"]:
         st.caption("Soft labels: the teacher's top-k at each generated token (first 8 tokens)")
         st.dataframe([{"step": i, "token": token, "top ids": ids[:5],
@@ -88,10 +91,39 @@ def inspect(catalog: Catalog, response_id: str) -> None:
                           strict=False)) if i < 8], hide_index=True)
 
 
+def data(catalog: Catalog) -> None:
+    st.title("Dataset versions")
+    versions = queries.dataset_versions(catalog)
+    if versions.empty:
+        st.info("No dataset versions yet: run `stillroom dataset cut` or `stillroom demo`.")
+        return
+    st.dataframe(versions, hide_index=True)
+    labels = {f"{r.dataset_id} · {r.name or '-'} · {r.rows} rows": r.dataset_id
+              for r in versions.itertuples()}
+    chosen = labels[st.selectbox("Diversity of", list(labels))]
+    report = queries.diversity(catalog, chosen)
+    if report is None:
+        st.info(f"No diversity report for this version: `stillroom dataset report {chosen}`.")
+    else:
+        cols = st.columns(5)
+        cols[0].metric("prompt distinct-2", report["prompts"]["distinct_2"])
+        cols[1].metric("response distinct-2", report["responses"]["distinct_2"])
+        cols[2].metric("embedding coverage", report["embedding"]["coverage"])
+        cols[3].metric("clusters (effective / k)",
+                       f"{report['embedding']['effective_clusters']} / {report['embedding']['k']}")
+        cols[4].metric("topic evenness", report["balance"]["topic"]["evenness"])
+        for axis in ("source", "topic"):
+            counts = report["balance"][axis]["counts"]
+            st.caption(f"Rows per {axis}")
+            st.bar_chart({axis: list(counts), "rows": list(counts.values())}, x=axis, y="rows")
+    st.subheader("Largest duplicate clusters")
+    st.dataframe(queries.clusters(catalog), hide_index=True)
+
+
 def main() -> None:
     st.set_page_config(page_title="Stillroom", layout="wide")
     catalog = Catalog()
-    pages = {"Overview": overview, "Responses": browse}
+    pages = {"Overview": overview, "Responses": browse, "Datasets": data}
     choice = st.sidebar.radio("Page", list(pages))
     st.sidebar.caption(f"Catalog: {catalog.path}")
     try:

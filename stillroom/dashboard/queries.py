@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from stillroom.catalog import Catalog
@@ -84,15 +85,50 @@ def response_detail(catalog: Catalog, response_id: str) -> dict[str, Any]:
             [response_id]).fetchone()
         verdicts = conn.execute(
             "SELECT stage, keep, reason, created_at FROM verdicts WHERE response_id = ?"
-            " ORDER BY stage", [response_id]).df()
+            " ORDER BY created_at, stage", [response_id]).df()
+        duplicates = conn.execute(
+            "SELECT response_id AS duplicate, stage, similarity FROM duplicate_links"
+            " WHERE representative_id = ? ORDER BY stage, similarity DESC",
+            [response_id]).df()
     names = ("prompt", "text", "token_ids", "soft_labels", "sampling", "latency_s", "teacher",
              "license", "revision")
     detail = dict(zip(names, row, strict=True))
     detail["topk_ids"], detail["topk_logprobs"] = soft_labels.decode(detail.pop("soft_labels"))
-    return {**detail, "verdicts": verdicts}
+    return {**detail, "verdicts": verdicts, "duplicates": duplicates}
 
 
 def counts(catalog: Catalog) -> dict[str, int]:
     tables = ("teachers", "prompts", "responses", "datasets", "students", "eval_results")
     with catalog.reader() as conn:
         return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
+
+
+def dataset_versions(catalog: Catalog) -> Any:
+    return catalog.frame(
+        "SELECT d.dataset_id, d.name, d.n_rows AS rows, d.created_at,"
+        " r.report IS NOT NULL AS has_report FROM datasets d"
+        " LEFT JOIN diversity_reports r ON r.scope = 'dataset:' || d.dataset_id"
+        " ORDER BY d.created_at DESC")
+
+
+def diversity(catalog: Catalog, dataset_id: str) -> dict[str, Any] | None:
+    report = catalog.scalar("SELECT report FROM diversity_reports WHERE scope = ?",
+                            [f"dataset:{dataset_id}"])
+    return json.loads(report) if report else None
+
+
+CLUSTERS = """
+SELECT l.representative_id, l.stage, count(*) AS duplicates, round(min(l.similarity), 3)
+       AS min_similarity,
+       any_value(coalesce(json_extract_string(p.reference, '$.question'), p.text)) AS prompt
+FROM duplicate_links l
+JOIN responses r ON r.response_id = l.representative_id
+JOIN prompts p USING (prompt_id)
+GROUP BY ALL ORDER BY duplicates DESC, l.representative_id LIMIT $limit
+"""
+
+
+def clusters(catalog: Catalog, limit: int = 100) -> Any:
+    """The largest duplicate clusters: each representative and how many rows it stood for."""
+    with catalog.reader() as conn:
+        return conn.execute(CLUSTERS, {"limit": limit}).df()
