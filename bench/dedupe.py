@@ -20,12 +20,11 @@ import argparse
 import json
 import random
 import re
-import string
 import time
 
 import numpy as np
 
-from stillroom.tasks.minhash import MinHasher, MinHashParams, NearDupIndex
+from stillroom.tasks.minhash import SENTENCE_PUNCTUATION, MinHasher, MinHashParams, NearDupIndex
 
 
 def make_corpus(n_docs: int, variant_share: float, seed: int = 0) -> tuple[list[str], list[int]]:
@@ -89,7 +88,7 @@ def run_stillroom(docs: list[str], params: MinHashParams) -> list[int | None]:
 def run_datasketch(docs: list[str], params: MinHashParams) -> list[int | None]:
     from datasketch import MinHash, MinHashLSH
 
-    blank = str.maketrans(string.punctuation, " " * len(string.punctuation))
+    blank = str.maketrans(SENTENCE_PUNCTUATION, " " * len(SENTENCE_PUNCTUATION))
 
     def shingles(text: str) -> list[bytes]:  # the same words and n-grams as Stillroom's
         words = text.lower().translate(blank).split()

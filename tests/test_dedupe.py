@@ -120,3 +120,12 @@ def test_bad_curation_config_names_file_and_line(tmp_path: Path, text: str, mess
     with pytest.raises(StillroomError) as error:
         load_config(path)
     assert f"{path}{message}" in str(error.value)
+
+
+def test_near_dedupe_keeps_operators_apart() -> None:
+    from stillroom.tasks.minhash import MinHasher, estimated_jaccard
+
+    hasher = MinHasher()
+    a, b, c = hasher.signatures(["State the answer: 7 - 0 = 7", "State the answer: 7 + 0 = 7",
+                                 "STATE the answer 7 - 0 = 7!"])
+    assert estimated_jaccard(a, b)[0] < 0.65 and estimated_jaccard(a, c)[0] == 1.0

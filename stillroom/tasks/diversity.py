@@ -32,10 +32,11 @@ class _Row(NamedTuple):
     topic: str
 
 
-def distinct_n(texts: list[str], n: int) -> float:
+def distinct_n(texts: list[str], n: int) -> float | None:
+    """None when no text has n words (one-token answers have no bigrams to count)."""
     grams = [tuple(words[i:i + n]) for text in texts
              for words in [text.casefold().split()] for i in range(len(words) - n + 1)]
-    return round(len(set(grams)) / len(grams), 4) if grams else 0.0
+    return round(len(set(grams)) / len(grams), 4) if grams else None
 
 
 def balance(labels: list[str]) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """MinHash signatures and LSH banding, vectorised over whole batches with numpy.
 
-Shingles are word n-grams of the lower-cased text with ASCII punctuation blanked,
-so whitespace, case and punctuation edits cost nothing. Each word gets a stable
+Shingles are word n-grams of the lower-cased text with sentence punctuation blanked,
+so whitespace, case and punctuation edits cost nothing (operators are kept). Each word gets a stable
 64-bit hash; an n-gram's hash mixes its words' hashes; each of the `bands * rows` permutations is a
 multiply-add-shift hash of that (Dietzfelbinger's 2-universal family, no modulo).
 A signature row is the minimum over a document's shingles, taken for a whole
@@ -21,7 +21,6 @@ positives.
 
 from __future__ import annotations
 
-import string
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -31,7 +30,9 @@ from stillroom.errors import StillroomError
 from stillroom.hashing import content_hash
 
 _SEPARATOR = "\x1e"  # ASCII record separator: splits texts inside one joined batch
-_PUNCTUATION = bytes.maketrans(string.punctuation.encode(), b" " * len(string.punctuation))
+# Sentence punctuation only: operators, brackets and signs carry meaning ("7 - 0" != "7 + 0").
+SENTENCE_PUNCTUATION = ".,;:!?\"'`"
+_PUNCTUATION = bytes.maketrans(SENTENCE_PUNCTUATION.encode(), b" " * len(SENTENCE_PUNCTUATION))
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant that spreads word hashes
 _CHUNK_SHINGLES = 4_000  # (shingles x permutations) block small enough to stay in cache
 
@@ -132,7 +133,7 @@ class MinHasher:
 def _word_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Stable 64-bit hashes of every text's words, flat, and each text's word count.
 
-    Words are what lies between whitespace once ASCII punctuation is blanked, after
+    Words are what lies between whitespace once sentence punctuation is blanked, after
     Unicode lower-casing; the whole batch is split and hashed in one C-level pass.
     """
     from pandas.util import hash_array
