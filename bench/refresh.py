@@ -10,7 +10,7 @@ into ./.stillroom/models), sampled at temperature 1 so responses are varied text
 `--teacher tiny` uses the tests' tiny Llama instead, whose generation is so cheap that
 the fixed costs (engine start ~5 s, model loads) dominate any laptop-sized refresh.
 
-    .venv/bin/python bench/refresh.py [--prompts 2000] [--new-share 0.05] [--teacher tiny]
+    .venv/bin/python bench/refresh.py [--prompts 4000] [--new-share 0.05] [--teacher tiny]
 
 The last line is JSON with `incremental_cost_ratio` (second wall time / first).
 """
@@ -55,7 +55,7 @@ def prompts_per_topic() -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=2000)
+    parser.add_argument("--prompts", type=int, default=4000)
     parser.add_argument("--new-share", type=float, default=0.05)
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--teacher", choices=["gemma", "tiny"], default="gemma")
