@@ -29,7 +29,8 @@ from pathlib import Path
 ADJECTIVES = ["ancient", "modern", "tiny", "vast", "quiet", "urban", "coastal", "frozen",
               "digital", "medieval", "tropical", "industrial", "rural", "orbital", "hidden",
               "famous", "common", "rare", "electric", "organic", "northern", "desert",
-              "floating", "mechanical", "royal"]
+              "floating", "mechanical", "royal", "golden", "silent", "crowded", "sunken",
+              "volcanic"]
 NOUNS = ["bridges", "forests", "markets", "engines", "libraries", "rivers", "castles",
          "gardens", "railways", "harbours", "bakeries", "observatories", "mines", "islands",
          "clocks", "ships", "glaciers", "museums", "farms", "cities", "volcanoes", "deserts",
@@ -51,6 +52,14 @@ def prompt_spec(path: Path, topics: list[str]) -> str:
 
 def prompts_per_topic() -> int:
     return sum(len(PERSONAS) if "{persona}" in t else 1 for t in TEMPLATES)
+
+
+def stage_seconds(catalog, first_run_id: str) -> dict[str, float]:
+    """Wall seconds of each stage's recorded run, from the night's generate run onwards."""
+    rows = catalog.rows(
+        "SELECT kind, epoch(finished_at - started_at) AS s FROM runs WHERE started_at >="
+        " (SELECT started_at FROM runs WHERE run_id = ?) ORDER BY started_at", [first_run_id])
+    return {r["kind"]: round(r["s"], 1) for r in rows}
 
 
 def main() -> None:
@@ -108,6 +117,7 @@ def main() -> None:
         started = time.perf_counter()
         result = refresh_dataset(teacher="teacher", prompts=spec, max_tokens=args.max_tokens,
                                  temperature=1.0, dataset_name=name)
+        result["stages_s"] = stage_seconds(catalog, result["generate"]["run_id"])
         return time.perf_counter() - started, result
 
     full_s, full = night(first_spec, "night-1")
@@ -126,6 +136,9 @@ def main() -> None:
         "prompts": {"full": full["generate"]["requests_sent"],
                     "new": incremental["generate"]["requests_sent"]},
         "rows": {"full": full["dataset"]["rows"], "incremental": incremental["dataset"]["rows"]},
+        "stage_ratio": {kind: round(incremental["stages_s"][kind] / seconds, 3)
+                        for kind, seconds in full["stages_s"].items() if seconds},
+        "stages_s": {"full": full["stages_s"], "incremental": incremental["stages_s"]},
         "diversity_full": {k: full["diversity"][k] for k in ("prompts", "responses",
                                                              "embedding")}}))
 
