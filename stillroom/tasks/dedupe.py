@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from stillroom.errors import StillroomError
 from stillroom.eval.metrics import normalize
 from stillroom.hashing import content_hash
 from stillroom.tasks.filters import FILTERS, Verdict, write_verdicts
+
+if TYPE_CHECKING:
+    from stillroom.tasks.minhash import MinHasher
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +49,12 @@ class Match(NamedTuple):
     similarity: float
 
 
-Judge = Callable[[Catalog, list[Candidate], list[Candidate]], list[Match | None]]
-STAGES: dict[str, Callable[..., Judge]] = {}
+StageFn = Callable[[Catalog, list[Candidate], list[Candidate]], list[Match | None]]
+STAGES: dict[str, Callable[..., StageFn]] = {}
 
 
 def stage(name: str) -> Callable:
-    def decorate(factory: Callable[..., Judge]) -> Callable[..., Judge]:
+    def decorate(factory: Callable[..., StageFn]) -> Callable[..., StageFn]:
         STAGES[name] = factory
         return factory
     return decorate
@@ -102,7 +105,7 @@ def _candidates(catalog: Catalog, filter_names: list[str], earlier: list[str], n
 
 
 @stage("exact")
-def exact() -> Judge:
+def exact() -> StageFn:
     """Same normalised subject (case, width and whitespace ignored)."""
     def judge(catalog: Catalog, kept: list[Candidate], new: list[Candidate]) -> list[Match | None]:
         seen = {content_hash(normalize(c.subject)): c.response_id for c in reversed(kept)}
@@ -117,7 +120,7 @@ def exact() -> Judge:
 
 @stage("near")
 def near(ngram: int = 5, bands: int = 20, rows: int = 5, threshold: float = 0.65,
-         seed: int = 1) -> Judge:
+         seed: int = 1) -> StageFn:
     """MinHash-LSH over word n-grams (see `stillroom.tasks.minhash` for the parameters).
 
     Signatures and band keys are persisted per row; a new row is compared only with
@@ -158,7 +161,7 @@ def near(ngram: int = 5, bands: int = 20, rows: int = 5, threshold: float = 0.65
     return judge
 
 
-def _persist_signatures(catalog: Catalog, hasher: Any, rows: list[Candidate]) -> None:
+def _persist_signatures(catalog: Catalog, hasher: MinHasher, rows: list[Candidate]) -> None:
     """Compute and store signatures and band keys for rows that have none yet."""
     phash = hasher.params.signature_hash
     have = {r["response_id"] for r in catalog.rows(
@@ -184,7 +187,7 @@ def _persist_signatures(catalog: Catalog, hasher: Any, rows: list[Candidate]) ->
 
 @stage("semantic")
 def semantic(threshold: float = 0.95, min_content_overlap: float = 0.8,
-             model: str | None = None) -> Judge:
+             model: str | None = None) -> StageFn:
     """MiniLM cosine at or above `threshold`, confirmed by a content-word check.
 
     Template-alike texts (one template, different numbers or names) embed above 0.9
@@ -224,7 +227,7 @@ def semantic(threshold: float = 0.95, min_content_overlap: float = 0.8,
 DEFAULT_DEDUPE: dict[str, dict[str, Any]] = {"exact": {}, "near": {}, "semantic": {}}
 
 
-def build(config: dict[str, dict[str, Any]]) -> dict[str, Judge]:
+def build(config: dict[str, dict[str, Any]]) -> dict[str, StageFn]:
     """Instantiate stages by name, in pipeline order, with a clear error for bad ones."""
     built = {}
     for name, params in config.items():

@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 
+from stillroom import settings
 from stillroom.errors import StillroomError
 from stillroom.tasks.engine import (
     Completion,
@@ -192,6 +193,8 @@ class VLLMServer:
                    str(context_length(model, revision, max_model_len))]
         if revision:
             command += ["--revision", revision]
+        if not settings.has_cuda():  # see VLLMEngine: seeded sampling crashes chunked prefill
+            command.append("--no-enable-chunked-prefill")
         self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + startup_timeout
