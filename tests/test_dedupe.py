@@ -129,3 +129,14 @@ def test_near_dedupe_keeps_operators_apart() -> None:
     a, b, c = hasher.signatures(["State the answer: 7 - 0 = 7", "State the answer: 7 + 0 = 7",
                                  "STATE the answer 7 - 0 = 7!"])
     assert estimated_jaccard(a, b)[0] < 0.65 and estimated_jaccard(a, c)[0] == 1.0
+
+
+def test_content_check_separates_template_fills() -> None:
+    from stillroom.tasks.embeddings import same_content
+
+    assert same_content("What is the capital of France?", "What's the capital city of France?",
+                        0.8)
+    assert not same_content("What is the capital of France?", "What is the capital of Germany?",
+                            0.8)
+    assert not same_content("Solve: 7 - 0 =\n7", "Solve: 7 + 0 =\n7", 0.8)
+    assert same_content("Solve: 4 + 8 =\n12", "Solve: 8 + 4 =\n12", 0.8)  # same content

@@ -192,8 +192,8 @@ def semantic(threshold: float = 0.95, min_content_overlap: float = 0.8,
 
     Template-alike texts (one template, different numbers or names) embed above 0.9
     like paraphrases do; a pair is confirmed only if both carry the same numbers and
-    one's content words (stopwords dropped) are at least `min_content_overlap`
-    contained in the other's. Embeddings are persisted per row and model.
+    operators and one's content words (stopwords dropped) are at least
+    `min_content_overlap` contained in the other's. Embeddings are persisted per row and model.
     """
     from stillroom.tasks import embeddings
 

@@ -94,14 +94,15 @@ def content_words(text: str) -> set[str]:
     return {w for w in _TOKEN.findall(text.casefold()) if w not in STOPWORDS}
 
 
-def numbers(text: str) -> set[str]:
-    return set(re.findall(r"\d+(?:\.\d+)?", text))
+def numbers_and_operators(text: str) -> set[str]:
+    return set(re.findall(r"\d+(?:\.\d+)?|[-+*/=<>^%×÷]", text))
 
 
 def same_content(a: str, b: str, min_overlap: float) -> bool:
-    """The n-gram check behind semantic dedupe: equal numbers, and one text's content
-    words mostly contained in the other's (paraphrases pass, template fills do not)."""
-    if numbers(a) != numbers(b):
+    """The n-gram check behind semantic dedupe: the same numbers and operators, and one
+    text's content words mostly contained in the other's (paraphrases pass; template fills
+    such as "capital of France" / "of Germany" or "7 - 0" / "7 + 0" do not)."""
+    if numbers_and_operators(a) != numbers_and_operators(b):
         return False
     wa, wb = content_words(a), content_words(b)
     if not wa or not wb:
