@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from stillroom.catalog import Catalog
 from stillroom.tasks import datasets, soft_labels, teachers
 from stillroom.tasks.curation import CurationConfig
 from stillroom.tasks.dedupe import dedupe
-from stillroom.tasks.engine import SamplingConfig
+from stillroom.tasks.engine import SamplingConfig, engine_for
 from stillroom.tasks.filters import apply_filters
 from stillroom.tasks.generate import generate
 from stillroom.tasks.prompts import Prompt
@@ -127,6 +128,17 @@ def test_kd_term_vanishes_when_student_matches_teacher() -> None:
     assert parts["kd"] == pytest.approx(0.0, abs=1e-5)
     _, parts = distillation_loss(torch.zeros(4, vocab), batch, TrainConfig(kd_weight=1.0))
     assert parts["kd"] > 0.01
+
+
+def test_engine_tokenizer_copies_share_one_rust_tokenizer(generated) -> None:
+    """vLLM's renderer deep-copies its tokenizer per thread; the offline engine's copies
+    share the Rust tokenizer (seconds of every start for a large vocabulary)."""
+    _, teacher, _ = generated
+    tokenizer = engine_for(teacher.model, teacher.revision).tokenizer
+    clone = copy.deepcopy(tokenizer)
+    assert clone is not tokenizer and clone._tokenizer is tokenizer._tokenizer
+    ids = clone.encode("Tell me about tides.")
+    assert ids == tokenizer.encode("Tell me about tides.") and clone.decode(ids)
 
 
 def test_chat_template_is_applied_where_the_tokenizer_has_one(tiny_model: Path,

