@@ -91,7 +91,7 @@ def cmd_dataset(args: argparse.Namespace) -> dict[str, Any] | None:
         from stillroom.flows.distill import cut_dataset, diversity_report, filter_and_dedupe
         from stillroom.tasks.curation import load_config
 
-        config = load_config(args.config)
+        config = load_config(args.config).pinned(catalog)
         judged = filter_and_dedupe.fn(config)
         version = cut_dataset.fn(config, args.name, args.teacher)
         return {**version, "filter": judged,

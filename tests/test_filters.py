@@ -63,6 +63,25 @@ def test_decontaminate_drops_benchmark_items_but_not_their_template() -> None:
     assert check(row("Tea is a drink made from leaves.")).keep
 
 
+def test_decontaminate_against_a_named_suite_file_and_pinned_suites(tmp_path: Path) -> None:
+    from stillroom.eval.contamination import known_suites
+
+    suite = tmp_path / "mine.yaml"
+    suite.write_text("name: mine\ntasks:\n  - {task: gcd, size: 3, seed: 7}\n"
+                     "metrics: [accuracy]\n")
+    mine = next(s for s in known_suites(None, [str(suite)]).values() if s.name == "mine")
+    item_id, question = next(iter(mine.questions.items()))
+    builtins_only = build({"decontaminate": {}})["decontaminate"]
+    assert builtins_only(row("1", question=question)).keep
+    with_mine = build({"decontaminate": {"suites": [str(suite)]}})["decontaminate"]
+    assert f"mine/{item_id}" in with_mine(row("1", question=question)).reason
+    pinned = build({"decontaminate": {"suites": [str(suite)],
+                                      "against": list(known_suites(None))}})["decontaminate"]
+    assert pinned(row("1", question=question)).keep  # pinned before `mine` was added
+    with pytest.raises(StillroomError, match=r"pinned suites no longer known: \['gone@"):
+        build({"decontaminate": {"against": ["gone@0123"]}})
+
+
 def test_refusal_and_charset_filters() -> None:
     f = build({"refusal": {}, "charset": {}})
     refused = f["refusal"](row("I'm sorry, but I can't help with that."))

@@ -120,6 +120,47 @@ def test_cli_cuts_with_a_config_and_diffs_versions(distilled, tmp_path: Path) ->
     assert f"{bad}:3 (filters.lenght): unknown filter 'lenght'" in refused.stderr
 
 
+def test_a_suite_evaluated_later_decontaminates_the_next_cut(distilled) -> None:
+    from stillroom.eval.contamination import known_suites
+    from stillroom.tasks import datasets
+    from stillroom.tasks.curation import CurationConfig, curate
+    from stillroom.tasks.engine import SamplingConfig
+    from stillroom.tasks.generate import generate
+    from stillroom.tasks.prompts import Prompt
+
+    _, catalog, _ = distilled
+    question = catalog.scalar("SELECT i.prompt FROM eval_items i JOIN eval_results r"
+                              " USING (eval_id) WHERE r.suite = 'tiny-suite' ORDER BY i.item_id")
+    generate(catalog, teachers.get_teacher(catalog, "tiny"), [Prompt(question, "seed")],
+             SamplingConfig(max_tokens=4, logprobs_k=2), progress=False)
+    leaked = catalog.scalar("SELECT r.response_id FROM responses r JOIN prompts p"
+                            " USING (prompt_id) WHERE p.text = ?", [question])
+    stages = {"length": {"min_chars": 0}, "decontaminate": {}}
+    builtins = list(known_suites(None))
+    before = CurationConfig({**stages, "decontaminate": {"against": builtins}}, {"exact": {}})
+    curate(catalog, before, "before-eval")
+    assert leaked in datasets.manifest(catalog, datasets.cut(catalog, before)["dataset_id"]
+                                       )["row_ids"]
+
+    now = CurationConfig(stages, {"exact": {}}).pinned(catalog)
+    added = set(now.filters["decontaminate"]["against"]) - set(builtins)
+    assert [label.split("@")[0] for label in added] == ["tiny-suite"]
+    counts = "SELECT count(*) FROM verdicts WHERE stage = ?"
+    length_verdicts = catalog.scalar(counts, ["filter:length"])
+    checked = catalog.scalar(counts, ["filter:decontaminate"])
+    result = curate(catalog, now, "after-eval")
+    assert catalog.scalar(counts, ["filter:length"]) == length_verdicts  # earlier filter stands
+    rechecked = catalog.scalar(counts, ["filter:decontaminate"]) - checked
+    assert rechecked == catalog.scalar("SELECT count(*) FROM responses")
+    assert result["filters"]["dropped"]["decontaminate"] >= 1
+    reason = catalog.scalar("SELECT reason FROM verdicts WHERE response_id = ?"
+                            " AND stage = 'filter:decontaminate' AND NOT keep", [leaked])
+    assert reason.startswith("contaminated:") and "tiny-suite/basic_arithmetic/5/" in reason
+    manifest = datasets.manifest(catalog, datasets.cut(catalog, now)["dataset_id"])
+    assert leaked not in manifest["row_ids"]
+    assert added <= set(manifest["config"]["filters"]["decontaminate"]["against"])
+
+
 def test_cli_errors_are_one_clear_line(distilled, tmp_path: Path) -> None:
     home, catalog, _ = distilled
     before = catalog.scalar("SELECT count(*) FROM teachers")
@@ -154,13 +195,15 @@ def test_dashboard_pages_render_the_catalog(distilled) -> None:
         at.sidebar.radio[0].set_value("Responses").run()
         assert not at.exception
         assert at.title[0].value == "Responses"
-        rows = at.dataframe[0].value
-        assert len(rows) > 0 and {"kept", "dropped_because", "response"} <= set(rows.columns)
+        rows = next(f.value for f in at.dataframe if "response" in f.value.columns)
+        assert len(rows) > 0 and {"kept", "dropped_because"} <= set(rows.columns)
         at.radio[0].set_value("dropped").run()
         assert not at.exception
         at.sidebar.radio[0].set_value("Datasets").run()
         assert not at.exception and at.title[0].value == "Dataset versions"
         assert "tiny-data" in set(at.dataframe[0].value["name"])
+        versions = at.selectbox[0]
+        versions.set_value(next(o for o in versions.options if "tiny-data" in o)).run()
         assert {m.label for m in at.metric} >= {"prompt distinct-2", "embedding coverage"}
 
 

@@ -89,15 +89,19 @@ def parse_suite(spec: Any, where: str) -> Suite:
     return Suite(spec["name"], items, sampling, list(metrics), spec)
 
 
+def builtin_suite_names() -> list[str]:
+    return sorted(p.name.removesuffix(".yaml") for p in BUILTIN.iterdir()
+                  if p.name.endswith(".yaml"))
+
+
 def load_suite(ref: str) -> Suite:
     """A suite from a YAML path, or a built-in suite by name (see `stillroom/eval/suites`)."""
     path = Path(ref)
     if not path.is_file():
         builtin = BUILTIN.joinpath(f"{ref}.yaml")
         if not builtin.is_file():
-            names = sorted(p.name.removesuffix(".yaml") for p in BUILTIN.iterdir()
-                           if p.name.endswith(".yaml"))
-            raise _fail(f"no suite file or built-in suite; built-ins: {names}", ref)
+            raise _fail(f"no suite file or built-in suite; built-ins: {builtin_suite_names()}",
+                        ref)
         path = Path(str(builtin))
     try:
         spec = yaml.safe_load(path.read_text(encoding="utf-8"))

@@ -13,7 +13,7 @@ is reported once, naming the file and line.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,31 @@ class CurationConfig:
         fhash = filters.config_hash(self.filters)
         return {"fhash": fhash, "dhash": content_hash("dedupe", fhash, self.dedupe)}
 
+    @property
+    def pool(self) -> dict[str, str | None]:
+        """The first filter's stage and verdict key: it judges every generated row, so its
+        verdicts mark the pool a version's rows were chosen from, dropped rows included."""
+        if not self.filters:
+            return {"stage": None, "key": None}
+        name, key = next(iter(filters.verdict_keys(self.filters).items()))
+        return {"stage": f"filter:{name}", "key": key}
+
+    def pinned(self, catalog: Catalog) -> CurationConfig:
+        """This config with `decontaminate` pinned to the benchmark suites known now.
+
+        The pinned list is part of that filter's verdict key, so when a suite is added or
+        evaluated, the next run re-checks every row against it (and redoes the filters after
+        it and dedupe) while earlier filters' verdicts stand. Pin once per run, so that
+        filtering and cutting agree on the key."""
+        params = self.filters.get("decontaminate")
+        if params is None or params.get("against") is not None:
+            return self
+        from stillroom.eval.contamination import known_suites
+
+        against = list(known_suites(catalog, params.get("suites", ())))
+        return replace(self, filters={**self.filters,
+                                      "decontaminate": {**params, "against": against}})
+
     def as_dict(self) -> dict[str, Any]:
         return {"filters": self.filters, "dedupe": self.dedupe, **self.hashes}
 
@@ -49,6 +74,7 @@ class CurationConfig:
 
 def curate(catalog: Catalog, config: CurationConfig, run_id: str) -> dict[str, Any]:
     """Judge every row not yet judged under `config`: filters first, then dedupe stages."""
+    config = config.pinned(catalog)
     return {"filters": filters.apply_filters(catalog, config.filters, run_id),
             "dedupe": dedupe.dedupe(catalog, list(config.filters), config.hashes, config.dedupe,
                                     run_id)}

@@ -46,6 +46,7 @@ def _teacher_provenance(catalog: Catalog, teacher_ids: list[str]) -> list[dict[s
 def cut(catalog: Catalog, curation: CurationConfig, name: str | None = None,
         teacher: str | None = None, run_id: str = "") -> dict[str, Any]:
     """Snapshot every kept, deduped row into an immutable version (reused if identical)."""
+    curation = curation.pinned(catalog)
     hashes = curation.hashes
     with catalog.reader() as conn:
         ids = [r[0] for r in conn.execute(_kept_rows_sql(curation),
@@ -56,9 +57,10 @@ def cut(catalog: Catalog, curation: CurationConfig, name: str | None = None,
         # Everything generated for the pool these rows were chosen from, dropped rows included.
         spent = conn.execute(
             "SELECT sum(r.usd) FROM responses r JOIN teachers t USING (teacher_id)"
-            " WHERE ($teacher IS NULL OR t.name = $teacher) AND EXISTS (SELECT 1 FROM verdicts v"
-            " WHERE v.response_id = r.response_id AND v.config_hash = $fhash)",
-            {"fhash": hashes["fhash"], "teacher": teacher}).fetchone()[0]
+            " WHERE ($teacher IS NULL OR t.name = $teacher) AND ($stage IS NULL OR EXISTS ("
+            " SELECT 1 FROM verdicts v WHERE v.response_id = r.response_id"
+            " AND v.stage = $stage AND v.config_hash = $key))",
+            {**curation.pool, "teacher": teacher}).fetchone()[0]
     if not ids:
         raise StillroomError("no kept rows to snapshot; generate and filter first",
                              where=f"dataset (teacher={teacher or 'any'})")

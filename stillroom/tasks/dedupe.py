@@ -65,8 +65,9 @@ def stage_name(name: str) -> str:
 
 
 def kept_by_filters_sql(filter_names: list[str], earlier_stages: list[str] = ()) -> str:
-    """Responses every named filter kept under `$fhash` and every earlier dedupe stage kept
-    under `$dhash`."""
+    """Responses every named filter kept and every earlier dedupe stage kept under `$dhash`.
+    The last filter judged only what the others kept, so its keep under `$fhash` (the whole
+    filter config's hash, its verdict key) says all of them kept the row."""
     unknown = [name for name in filter_names if name not in FILTERS]
     if unknown:
         raise StillroomError(f"unknown filters {unknown}; known: {sorted(FILTERS)}",
@@ -74,7 +75,7 @@ def kept_by_filters_sql(filter_names: list[str], earlier_stages: list[str] = ())
     conditions = [
         f"EXISTS (SELECT 1 FROM verdicts v WHERE v.response_id = r.response_id"
         f" AND v.stage = 'filter:{name}' AND v.config_hash = $fhash AND v.keep)"
-        for name in filter_names]
+        for name in filter_names[-1:]]
     conditions += [
         f"EXISTS (SELECT 1 FROM verdicts v WHERE v.response_id = r.response_id"
         f" AND v.stage = '{stage_name(name)}' AND v.config_hash = $dhash AND v.keep)"

@@ -1,10 +1,12 @@
 """Filters: small blocks that keep or drop a response, always with a reason.
 
-Nothing is deleted: every decision is a row in `verdicts`, keyed by the filter
-config's hash, and dataset versions select the rows every filter kept. Filters
-run in the config's order and a row one of them dropped is not judged by the
-later ones, so each dropped row has exactly one reason and the costly filters
-(the sandboxed verifier, the judge) see only what survived the cheap ones.
+Nothing is deleted: every decision is a row in `verdicts` and dataset versions
+select the rows every filter kept. Filters run in the config's order and a row
+one of them dropped is not judged by the later ones, so each dropped row has
+exactly one reason and the costly filters (the sandboxed verifier, the judge)
+see only what survived the cheap ones. A filter's verdicts are keyed by the hash
+of the config up to and including it (`verdict_keys`): changing or appending a
+filter re-judges from that filter on, and leaves the verdicts before it alone.
 """
 
 from __future__ import annotations
@@ -171,14 +173,24 @@ def verifier(min_score: float = 1.0, timeout_s: float = 5.0, memory_mb: int = 51
 
 
 @register("decontaminate")
-def decontaminate(n: int = 13) -> FilterFn:
-    """Drop rows whose question or response shares an item-specific n-gram with any
-    built-in benchmark suite (see `stillroom.eval.contamination`)."""
-    from stillroom.eval.contamination import ContaminationIndex
+def decontaminate(n: int = 13, suites: list[str] | tuple[str, ...] = (),
+                  against: list[str] | None = None, catalog: Catalog | None = None) -> FilterFn:
+    """Drop rows whose question or response shares an item-specific n-gram with a benchmark
+    suite: built-ins, `suites` (names or YAML paths) and every suite evaluated in the catalog
+    (see `stillroom.eval.contamination`). `against` pins the exact suites (`name@hash`);
+    `CurationConfig.pinned` fills it in, so a new suite gives this filter a new verdict key."""
+    from stillroom.eval.contamination import ContaminationIndex, known_suites
 
     if n < 4:
         raise StillroomError("n must be >= 4", where="filters.decontaminate")
-    index = ContaminationIndex.for_builtin_suites(n)
+    known = known_suites(catalog or Catalog(), suites)
+    if against is not None:
+        missing = sorted(set(against) - set(known))
+        if missing:
+            raise StillroomError(f"pinned suites no longer known: {missing}",
+                                 where="filters.decontaminate")
+        known = {label: known[label] for label in against}
+    index = ContaminationIndex(known, n)
 
     def check(row: Row) -> Verdict:
         reference = json.loads(row["reference"]) if row["reference"] else {}
@@ -247,8 +259,18 @@ def build(config: dict[str, dict[str, Any]], catalog: Catalog | None = None
     return built
 
 
+def verdict_keys(config: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Each filter's verdict key: the hash of the filters up to and including it, in order."""
+    keys, prefix = {}, []
+    for name, params in config.items():
+        prefix.append([name, params])
+        keys[name] = content_hash("filters", prefix)
+    return keys
+
+
 def config_hash(config: dict[str, dict[str, Any]]) -> str:
-    return content_hash("filters", config)
+    """The whole config's hash, which is also the last filter's verdict key."""
+    return content_hash("filters", [[name, params] for name, params in config.items()])
 
 
 ROWS_SQL = (
@@ -256,10 +278,11 @@ ROWS_SQL = (
     " p.text AS prompt"
     " FROM responses r JOIN prompts p USING (prompt_id)"
     " WHERE NOT EXISTS (SELECT 1 FROM verdicts v WHERE v.response_id = r.response_id"
-    "                   AND v.stage = ? AND v.config_hash = ?)"
-    # Filters run in order: a row an earlier filter dropped is not judged again.
-    " AND NOT EXISTS (SELECT 1 FROM verdicts d WHERE d.response_id = r.response_id"
-    "                 AND d.stage LIKE 'filter:%' AND d.config_hash = ? AND NOT d.keep)"
+    "                   AND v.stage = $stage AND v.config_hash = $key)"
+    # Filters run in order: only rows the previous filter kept are judged.
+    " AND ($previous IS NULL OR EXISTS (SELECT 1 FROM verdicts d"
+    "      WHERE d.response_id = r.response_id AND d.stage = $previous"
+    "      AND d.config_hash = $previous_key AND d.keep))"
     " ORDER BY r.created_at, r.response_id")
 BATCHED_CHUNK = 64
 
@@ -279,11 +302,12 @@ def write_verdicts(catalog: Catalog, stage: str, chash: str, run_id: str,
 def apply_filters(catalog: Catalog, config: dict[str, dict[str, Any]], run_id: str) -> dict:
     """Judge every response that has no verdict yet under this config; returns counts."""
     filters = build(config, catalog)
-    chash = config_hash(config)
+    keys = verdict_keys(config)
     counts: dict[str, Any] = {"judged": 0, "dropped": {}}
+    previous = {"previous": None, "previous_key": None}
     for name, check in filters.items():
         stage = f"filter:{name}"
-        rows = catalog.rows(ROWS_SQL, [stage, chash, chash])
+        rows = catalog.rows(ROWS_SQL, {"stage": stage, "key": keys[name], **previous})
         dropped = 0
         # Batched filters (the judge) commit per chunk, so a crash repeats at most one chunk.
         step = BATCHED_CHUNK if getattr(check, "batched", False) else max(len(rows), 1)
@@ -291,9 +315,10 @@ def apply_filters(catalog: Catalog, config: dict[str, dict[str, Any]], run_id: s
             chunk = rows[start:start + step]
             judged = check(chunk) if step == BATCHED_CHUNK else [check(r) for r in chunk]
             verdicts = [(row["response_id"], v) for row, v in zip(chunk, judged, strict=True)]
-            write_verdicts(catalog, stage, chash, run_id, verdicts)
+            write_verdicts(catalog, stage, keys[name], run_id, verdicts)
             dropped += sum(not v.keep for _, v in verdicts)
         counts["judged"] = max(counts["judged"], len(rows))
         counts["dropped"][name] = dropped
+        previous = {"previous": stage, "previous_key": keys[name]}
     log.info("filters judged %d responses, dropped %s", counts["judged"], counts["dropped"])
     return counts
