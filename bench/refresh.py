@@ -1,18 +1,19 @@
-"""Nightly refresh cost: a full refresh, then one with 5% new prompts, in one run.
+"""Nightly refresh cost: a full refresh, then one with 5% new prompts, each in a fresh process.
 
-Both are the real `refresh_dataset` Prefect flow (generate with top-k soft labels,
-every default filter, exact + near + semantic dedupe, cut a version, diversity
-report) against one catalog. Between the two the process drops its vLLM engine and
-its MiniLM encoder, so the second pays engine start and model load again, as a
-fresh nightly worker would; Python imports and the Prefect server start (a warm-up
-flow) are excluded from both. The teacher is the demo's Gemma 3 270M (converted once
-into ./.stillroom/models), sampled at temperature 1 so responses are varied text;
-`--teacher tiny` uses the tests' tiny Llama instead, whose generation is so cheap that
-the fixed costs (engine start ~5 s, model loads) dominate any laptop-sized refresh.
+Both nights are the real `refresh_dataset` Prefect flow (generate with top-k soft labels,
+every default filter, exact + near + semantic dedupe, cut a version, diversity report)
+against one catalog, and each runs in a fresh Python process, as a deployment's worker
+starts one per flow run: each night pays interpreter start, imports, Prefect's flow-run
+set-up, the vLLM engine start and the MiniLM load. What is timed is that child process's
+wall time, from spawn to exit. A Prefect server runs for the whole bench (as `stillroom
+serve` keeps one running) and its start is not timed. The teacher is the demo's Gemma 3
+270M (converted once into ./.stillroom/models), sampled at temperature 1 so responses
+are varied text; `--teacher tiny` uses the tests' tiny Llama instead.
 
     .venv/bin/python bench/refresh.py [--prompts 4000] [--new-share 0.05] [--teacher tiny]
 
-The last line is JSON with `incremental_cost_ratio` (second wall time / first).
+The last line is JSON with `incremental_cost_ratio` (second night's wall time / first's)
+and `"night_process": "fresh"`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import itertools
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -62,13 +64,45 @@ def stage_seconds(catalog, first_run_id: str) -> dict[str, float]:
     return {r["kind"]: round(r["s"], 1) for r in rows}
 
 
+def run_night(spec: str, name: str, max_tokens: int, out: Path) -> None:
+    """The child process: one nightly refresh, its result written to `out` as JSON."""
+    from stillroom import settings
+
+    settings.apply_engine_env()
+    settings.apply_prefect_env()
+    from stillroom.catalog import Catalog
+    from stillroom.flows.distill import refresh_dataset
+
+    result = refresh_dataset(teacher="teacher", prompts=spec, max_tokens=max_tokens,
+                             temperature=1.0, dataset_name=name)
+    result["stages_s"] = stage_seconds(Catalog(), result["generate"]["run_id"])
+    out.write_text(json.dumps(result, default=str))
+
+
+def night(spec: str, name: str, max_tokens: int, root: Path, env: dict[str, str]
+          ) -> tuple[float, dict]:
+    """Spawn a fresh process for one night; its wall time, spawn to exit, and its result."""
+    out = root / f"{name}.json"
+    command = [sys.executable, __file__, "--night", spec, name, str(out),
+               "--max-tokens", str(max_tokens)]
+    started = time.perf_counter()
+    subprocess.run(command, env=env, check=True)
+    return time.perf_counter() - started, json.loads(out.read_text())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=4000)
     parser.add_argument("--new-share", type=float, default=0.05)
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--teacher", choices=["gemma", "tiny"], default="gemma")
+    parser.add_argument("--night", nargs=3, metavar=("SPEC", "NAME", "OUT"),
+                        help=argparse.SUPPRESS)  # the child process's entry
     args = parser.parse_args()
+    if args.night:
+        spec, name, out = args.night
+        run_night(spec, name, args.max_tokens, Path(out))
+        return
     models = Path(".stillroom/models").resolve()
 
     root = Path(tempfile.mkdtemp(prefix="stillroom-bench-refresh-"))
@@ -79,11 +113,11 @@ def main() -> None:
 
     settings.apply_engine_env()
     settings.apply_prefect_env()
-    from prefect import flow
+    from prefect.settings import get_current_settings
+    from prefect.testing.utilities import prefect_test_harness
 
     from stillroom.catalog import Catalog
-    from stillroom.flows.distill import refresh_dataset
-    from stillroom.tasks import embeddings, engine, teachers
+    from stillroom.tasks import teachers
 
     if args.teacher == "gemma":
         from stillroom.tasks.models import DEMO_TEACHER_DIR, materialize_demo_teacher
@@ -105,24 +139,10 @@ def main() -> None:
     first_spec = prompt_spec(root / "night1.yaml", all_topics[:base])
     second_spec = prompt_spec(root / "night2.yaml", all_topics[:base + extra])
 
-    @flow(name="warm-up")
-    def warm_up() -> None:
-        """Starts Prefect's local server outside the timed runs."""
-
-    warm_up()
-
-    def night(spec: str, name: str) -> tuple[float, dict]:
-        engine.close_engine()
-        embeddings._encoder.cache_clear()
-        started = time.perf_counter()
-        result = refresh_dataset(teacher="teacher", prompts=spec, max_tokens=args.max_tokens,
-                                 temperature=1.0, dataset_name=name)
-        result["stages_s"] = stage_seconds(catalog, result["generate"]["run_id"])
-        return time.perf_counter() - started, result
-
-    full_s, full = night(first_spec, "night-1")
-    incremental_s, incremental = night(second_spec, "night-2")
-    engine.close_engine()
+    with prefect_test_harness(server_startup_timeout=90):  # one server for both nights
+        env = {**os.environ, "PREFECT_API_URL": str(get_current_settings().api.url)}
+        full_s, full = night(first_spec, "night-1", args.max_tokens, root, env)
+        incremental_s, incremental = night(second_spec, "night-2", args.max_tokens, root, env)
     for label, seconds, result in (("full", full_s, full), ("incremental", incremental_s,
                                                              incremental)):
         gen, dedupe = result["generate"], result["filter"]["dedupe"]
@@ -132,6 +152,7 @@ def main() -> None:
               + f"  -> {result['dataset']['rows']} rows")
     print(json.dumps({
         "incremental_cost_ratio": round(incremental_s / full_s, 4),
+        "night_process": "fresh",
         "full_s": round(full_s, 1), "incremental_s": round(incremental_s, 1),
         "prompts": {"full": full["generate"]["requests_sent"],
                     "new": incremental["generate"]["requests_sent"]},
