@@ -28,7 +28,9 @@ keeps its scale comparable with CE as T changes (for TVD and JSD this is a conve
 The run's loss is (1 - kd_weight) * CE(teacher tokens) + kd_weight * T^2 * mean divergence;
 `sft` is CE alone (sequence-level KD). Positions are processed in chunks (1024 by default):
 with fp32 logits the graph keeps only views of the logits and per-position values, never a
-full-vocabulary copy (tests/test_objectives.py checks what autograd saves).
+full-vocabulary copy (tests/test_objectives.py checks what autograd saves). The exceptions:
+lower-precision logits are upcast per chunk, and `forward_kl_zero_tail` at T != 1 needs a
+second logsumexp over logits / T.
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ def encode(topk_ids: list[list[int]], topk_logprobs: list[list[float]]) -> bytes
     codes = _codes(-lps)
     steps = np.diff(codes.astype(np.int32), axis=1, prepend=0).astype(np.uint16)
     with np.errstate(divide="ignore"):
-        log_tail = np.log(np.maximum(-np.expm1(_logsumexp(lps)), 0.0))
+        log_tail = np.log(np.maximum(-np.expm1(np.logaddexp.reduce(lps, axis=1)), 0.0))
     tail = _codes(-log_tail)
     body = b"".join([planes.tobytes(), *_byte_planes(steps), *_byte_planes(tail)])
     deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
@@ -109,13 +109,6 @@ def bytes_per_entry(blob: bytes | None, steps: int) -> float:
 def _codes(neg_log: np.ndarray) -> np.ndarray:
     """-log values as 1/32 nat uint16 codes; +inf and anything past the floor -> MAX_CODE."""
     return np.clip(np.round(neg_log * SCALE), 0, MAX_CODE[VERSION]).astype(np.uint16)
-
-
-def _logsumexp(lps: np.ndarray) -> np.ndarray:
-    top = np.max(lps, axis=1)
-    safe = np.where(np.isfinite(top), top, 0.0)
-    with np.errstate(divide="ignore"):
-        return safe + np.log(np.exp(lps - safe[:, None]).sum(axis=1))
 
 
 def _byte_planes(values: np.ndarray) -> list[bytes]:
