@@ -15,6 +15,7 @@ import inspect
 import json
 import logging
 import string
+import time
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -284,7 +285,11 @@ ROWS_SQL = (
     "      WHERE d.response_id = r.response_id AND d.stage = $previous"
     "      AND d.config_hash = $previous_key AND d.keep))"
     " ORDER BY r.created_at, r.response_id")
-BATCHED_CHUNK = 64
+CHUNK = 64
+"""Rows judged per step; a batched filter (the judge) gets them as one list."""
+COMMIT_EVERY_S = 1.0
+"""Judged chunks are committed once this much judging has piled up (and at the end): a
+crash loses about this much work, and a fast filter is not slowed by a commit per chunk."""
 
 
 def write_verdicts(catalog: Catalog, stage: str, chash: str, run_id: str,
@@ -300,7 +305,10 @@ def write_verdicts(catalog: Catalog, stage: str, chash: str, run_id: str,
 
 
 def apply_filters(catalog: Catalog, config: dict[str, dict[str, Any]], run_id: str) -> dict:
-    """Judge every response that has no verdict yet under this config; returns counts."""
+    """Judge every response that has no verdict yet under this config; returns counts.
+
+    Verdicts are committed progressively (see `COMMIT_EVERY_S`), so a run killed midway
+    keeps what it committed and a re-run judges only the rows still without a verdict."""
     filters = build(config, catalog)
     keys = verdict_keys(config)
     counts: dict[str, Any] = {"judged": 0, "dropped": {}}
@@ -308,15 +316,17 @@ def apply_filters(catalog: Catalog, config: dict[str, dict[str, Any]], run_id: s
     for name, check in filters.items():
         stage = f"filter:{name}"
         rows = catalog.rows(ROWS_SQL, {"stage": stage, "key": keys[name], **previous})
-        dropped = 0
-        # Batched filters (the judge) commit per chunk, so a crash repeats at most one chunk.
-        step = BATCHED_CHUNK if getattr(check, "batched", False) else max(len(rows), 1)
-        for start in range(0, len(rows), step):
-            chunk = rows[start:start + step]
-            judged = check(chunk) if step == BATCHED_CHUNK else [check(r) for r in chunk]
-            verdicts = [(row["response_id"], v) for row, v in zip(chunk, judged, strict=True)]
-            write_verdicts(catalog, stage, keys[name], run_id, verdicts)
-            dropped += sum(not v.keep for _, v in verdicts)
+        batched = getattr(check, "batched", False)
+        pending: list[tuple[str, Verdict]] = []
+        dropped, since_commit = 0, time.monotonic()
+        for start in range(0, len(rows), CHUNK):
+            chunk = rows[start:start + CHUNK]
+            judged = check(chunk) if batched else [check(row) for row in chunk]
+            pending += [(row["response_id"], v) for row, v in zip(chunk, judged, strict=True)]
+            dropped += sum(not v.keep for v in judged)
+            if time.monotonic() - since_commit >= COMMIT_EVERY_S or start + CHUNK >= len(rows):
+                write_verdicts(catalog, stage, keys[name], run_id, pending)
+                pending, since_commit = [], time.monotonic()
         counts["judged"] = max(counts["judged"], len(rows))
         counts["dropped"][name] = dropped
         previous = {"previous": stage, "previous_key": keys[name]}
