@@ -40,11 +40,15 @@ KEEP = Verdict(True)
 Row = dict[str, Any]
 FilterFn = Callable[[Row], Verdict]
 FILTERS: dict[str, Callable[..., FilterFn]] = {}
+REVISIONS: dict[str, int] = {}
 
 
-def register(name: str) -> Callable:
+def register(name: str, revision: int = 1) -> Callable:
+    """Register a filter factory. Bump `revision` when the same parameters come to judge
+    differently: it enters the verdict key, so the next run re-judges every row."""
     def decorate(factory: Callable[..., FilterFn]) -> Callable[..., FilterFn]:
         FILTERS[name] = factory
+        REVISIONS[name] = revision
         return factory
     return decorate
 
@@ -173,7 +177,8 @@ def verifier(min_score: float = 1.0, timeout_s: float = 5.0, memory_mb: int = 51
     return check
 
 
-@register("decontaminate")
+# revision 2: items shorter than n words also match inside longer texts
+@register("decontaminate", revision=2)
 def decontaminate(n: int = 13, suites: list[str] | tuple[str, ...] = (),
                   against: list[str] | None = None, catalog: Catalog | None = None) -> FilterFn:
     """Drop rows whose question or response shares an item-specific n-gram with a benchmark
@@ -261,17 +266,19 @@ def build(config: dict[str, dict[str, Any]], catalog: Catalog | None = None
 
 
 def verdict_keys(config: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """Each filter's verdict key: the hash of the filters up to and including it, in order."""
+    """Each filter's verdict key: the hash of the filters up to and including it, in order,
+    with their revisions (left out at revision 1, so first-revision keys never change)."""
     keys, prefix = {}, []
     for name, params in config.items():
-        prefix.append([name, params])
+        revision = REVISIONS.get(name, 1)
+        prefix.append([name, params] if revision == 1 else [name, params, revision])
         keys[name] = content_hash("filters", prefix)
     return keys
 
 
 def config_hash(config: dict[str, dict[str, Any]]) -> str:
     """The whole config's hash, which is also the last filter's verdict key."""
-    return content_hash("filters", [[name, params] for name, params in config.items()])
+    return list(verdict_keys(config).values())[-1] if config else content_hash("filters", [])
 
 
 ROWS_SQL = (
