@@ -16,6 +16,7 @@ VERSIONS = [  # (dataset_id, name, created_at), oldest first
     ("cafe01", "beef", "2026-11-03 02:00:00"),
     ("beef99", None, "2026-11-04 02:00:00"),
     ("x%_1", "pct", "2026-11-05 02:00:00"),
+    ("d00d42", "cafe01", "2026-11-06 02:00:00"),   # a name that is another version's id
 ]
 
 
@@ -29,8 +30,9 @@ def versions(catalog: Catalog) -> Catalog:
 
 
 @pytest.mark.parametrize("ref, expected", [
-    ("latest", "x%_1"),
+    ("latest", "d00d42"),
     ("ab12cd", "ab12cd"),     # a full id
+    ("cafe01", "cafe01"),     # a full id wins over a name
     ("ab12", "ab12cd"),       # a unique prefix
     ("nightly", "ab34ef"),    # a reused name means its newest version
     ("cafe", "cafe01"),
