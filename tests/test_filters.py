@@ -151,3 +151,111 @@ def test_judge_grades_every_row_on_a_real_engine(catalog, tiny_model: Path) -> N
     assert len(reasons) == 5 and counts["dropped"]["judge"] == sum(r is not None for r in reasons)
     assert all(r is None or r.startswith("judge: ") for r in reasons)
     assert apply_filters(catalog, config, run_id="again")["judged"] == 0  # nothing re-graded
+
+
+@pytest.mark.parametrize("size", [63, 64, 65, 128])
+def test_filters_at_chunk_boundaries(catalog, monkeypatch: pytest.MonkeyPatch, size: int) -> None:
+    """A per-row filter gets single rows and a batched one lists of at most CHUNK rows,
+    whatever the number of rows (64 once handed a per-row filter a list)."""
+    from rows import add_rows
+
+    from stillroom.tasks import filters
+
+    calls: list[int] = []
+
+    def counting() -> filters.FilterFn:
+        def check_all(rows: list[dict]) -> list[filters.Verdict]:
+            calls.append(len(rows))
+            return [filters.KEEP] * len(rows)
+        check_all.batched = True  # type: ignore[attr-defined]
+        return check_all
+
+    monkeypatch.setitem(filters.FILTERS, "counting", counting)
+    add_rows(catalog, [{"question": f"Q{i}?", "response": " " if i % 5 == 0 else f"answer {i}"}
+                       for i in range(size)])
+    counts = filters.apply_filters(catalog, {"counting": {}, "empty": {}}, run_id="edge")
+    assert calls == [min(filters.CHUNK, size - start)
+                     for start in range(0, size, filters.CHUNK)]
+    assert counts["dropped"] == {"counting": 0, "empty": len(range(0, size, 5))}
+    assert catalog.rows("SELECT stage, count(*) AS n FROM verdicts GROUP BY stage ORDER BY 1") \
+        == [{"stage": "filter:counting", "n": size}, {"stage": "filter:empty", "n": size}]
+
+
+SLOW_FILTER_SCRIPT = """
+import os, sys, time
+from pathlib import Path
+from stillroom.catalog import Catalog
+from stillroom.tasks import filters
+
+judged_log = Path(sys.argv[2])
+
+@filters.register("slow")
+def slow():
+    delay_s = float(os.environ["SLOW_FILTER_DELAY_S"])
+    def check(row):
+        time.sleep(delay_s)
+        with judged_log.open("a") as f:
+            f.write(row["response_id"] + "\\n")
+        number = int(row["text"].split()[-1])
+        return filters.Verdict(False, "multiple of 3") if number % 3 == 0 else filters.KEEP
+    return check
+
+filters.apply_filters(Catalog(sys.argv[1]), {"empty": {}, "slow": {}}, run_id=sys.argv[3])
+"""
+
+
+def test_killed_filter_stage_keeps_committed_verdicts_and_resumes(catalog, tmp_path: Path
+                                                                  ) -> None:
+    """kill -9 in the middle of a slow per-row filter: the chunks it committed survive and
+    a re-run judges exactly the rows without a verdict, none twice."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from rows import add_rows
+
+    from stillroom.tasks.filters import CHUNK, COMMIT_EVERY_S
+
+    ids = add_rows(catalog, [{"question": f"Q{i}?", "response": f"answer {i}"}
+                             for i in range(5 * CHUNK)])
+    script = tmp_path / "slow_filter.py"
+    script.write_text(SLOW_FILTER_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]),
+           # a chunk takes longer than COMMIT_EVERY_S, so each one is committed on its own
+           "SLOW_FILTER_DELAY_S": str(1.25 * COMMIT_EVERY_S / CHUNK)}
+
+    def judged(log_name: str) -> list[str]:
+        path = tmp_path / log_name
+        return path.read_text().split() if path.exists() else []
+
+    def slow_verdicts() -> dict[str, tuple]:
+        return {r["response_id"]: (r["keep"], r["reason"], r["run_id"]) for r in catalog.rows(
+            "SELECT response_id, keep, reason, run_id FROM verdicts WHERE stage = 'filter:slow'")}
+
+    first = subprocess.Popen([sys.executable, str(script), str(catalog.path),
+                              str(tmp_path / "first.log"), "first"], env=env)
+    deadline = time.monotonic() + 120
+    while len(slow_verdicts()) < 2 * CHUNK:
+        assert first.poll() is None, "the stage finished before any chunk was committed"
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    survived = slow_verdicts()
+    assert 2 * CHUNK <= len(survived) < len(ids) and set(survived) <= set(judged("first.log"))
+    assert {run for _, _, run in survived.values()} == {"first"}
+    assert catalog.scalar("SELECT count(*) FROM verdicts WHERE stage = 'filter:empty'") == len(ids)
+
+    env["SLOW_FILTER_DELAY_S"] = "0"
+    subprocess.run([sys.executable, str(script), str(catalog.path), str(tmp_path / "second.log"),
+                    "second"], env=env, check=True, timeout=120)
+    second = judged("second.log")
+    assert len(second) == len(set(second)) == len(ids) - len(survived)
+    assert set(second) == set(ids) - set(survived)  # nothing judged twice, nothing missed
+    final = slow_verdicts()
+    assert {rid: final[rid] for rid in survived} == survived
+    assert sorted(final) == sorted(ids)
+    assert catalog.scalar("SELECT count(*) FROM verdicts WHERE stage = 'filter:empty'"
+                          " AND run_id = 'second'") == 0

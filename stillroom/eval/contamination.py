@@ -4,10 +4,17 @@
 `suites` parameter, and every suite ever evaluated in the catalog (their questions are in
 `eval_items`). A suite is identified by its content hash, so an edited suite is a new suite.
 
-An item contributes its normalised question's word n-grams (n=13 by default, as in GPT-3's
-decontamination), or the whole question when it is shorter than n words. Grams that two or
-more items of one suite share are template text, not item content, and are left out: a
-templated task would otherwise flag every training prompt made from the same template.
+Texts are compared as words: normalised, with sentence punctuation trimmed from each word's
+ends, so "Calculate 2 + 3." also matches inside "calculate 2 + 3, then halve it". An item
+contributes its word n-grams (n=13 by default, as in GPT-3's decontamination), or, when it is
+shorter than n words, its whole word sequence, which matches wherever those words appear in a
+row, in that order and contiguous (an item of fewer than `MIN_EMBEDDED_WORDS` words matches
+only a whole text). Grams that two or more items of one suite contain are template text, not
+item content, and are left out: a templated task would otherwise flag every training prompt
+made from the same template.
+
+Matching is a dictionary lookup per window: a text's n-word windows, and at each word that
+starts some short item, the windows of those items' lengths; no per-item scan.
 """
 
 from __future__ import annotations
@@ -56,32 +63,61 @@ def known_suites(catalog: Catalog | None, extra: Iterable[str] = ()) -> dict[str
     return {suite.label: suite for suite in sorted(found.values(), key=lambda s: s.label)}
 
 
-def ngrams(text: str, n: int) -> set[str]:
-    words = normalize(text).split()
-    if len(words) < n:
-        return {" ".join(words)} if words else set()
-    return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
+SENTENCE_PUNCTUATION = ".,;:!?\"'`"
+MIN_EMBEDDED_WORDS = 3
+Gram = tuple[str, ...]
+
+
+def words(text: str) -> list[str]:
+    """Normalised words with sentence punctuation trimmed from their ends (operators and
+    signs stay: "-6", "+", "=")."""
+    trimmed = (word.strip(SENTENCE_PUNCTUATION) for word in normalize(text).split())
+    return [word for word in trimmed if word]
+
+
+def windows(sequence: list[str], size: int) -> Iterable[Gram]:
+    return (tuple(sequence[i:i + size]) for i in range(len(sequence) - size + 1))
 
 
 class ContaminationIndex:
-    """Maps item-specific n-grams to the suite item they come from."""
+    """Maps item-specific grams (n-grams of long items, whole short items) to their item."""
 
     def __init__(self, suites: Mapping[str, SuiteQuestions], n: int = 13) -> None:
         self.n = n
-        self.owner: dict[str, str] = {}
+        self.owner: dict[Gram, str] = {}
+        self.short_lengths: dict[str, set[int]] = defaultdict(set)  # by first word
         for suite in suites.values():
-            items_with: dict[str, set[str]] = defaultdict(set)
-            for item_id, question in suite.questions.items():
-                for gram in ngrams(question, n):
-                    items_with[gram].add(f"{suite.name}/{item_id}")
-            for gram, items in items_with.items():
-                if len(items) == 1:
-                    self.owner.setdefault(gram, next(iter(items)))
+            items = {f"{suite.name}/{item_id}": words(question)
+                     for item_id, question in suite.questions.items()}
+            items_with: dict[Gram, set[str]] = defaultdict(set)
+            for item, sequence in items.items():
+                for gram in windows(sequence, min(n, len(sequence))) if sequence else ():
+                    items_with[gram].add(item)
+            # a short item inside another item's text is template text too
+            short = {len(gram) for gram in items_with if len(gram) < n}
+            for item, sequence in items.items():
+                for size in short:
+                    for gram in windows(sequence, size):
+                        if gram in items_with:
+                            items_with[gram].add(item)
+            for gram, owners in items_with.items():
+                if len(owners) == 1 and gram not in self.owner:
+                    self.owner[gram] = next(iter(owners))
+                    if len(gram) < n:
+                        self.short_lengths[gram[0]].add(len(gram))
+
+    def _grams(self, sequence: list[str]) -> Iterable[Gram]:
+        yield from windows(sequence, self.n)
+        for i, word in enumerate(sequence):
+            for size in self.short_lengths.get(word, ()):
+                if i + size <= len(sequence) and (
+                        size >= MIN_EMBEDDED_WORDS or size == len(sequence)):
+                    yield tuple(sequence[i:i + size])
 
     def match(self, *texts: str) -> tuple[str, str] | None:
-        """(item, shared gram) for the first overlap with any suite item, else None."""
+        """(item, shared words) for the first overlap with any suite item, else None."""
         for text in texts:
-            for gram in ngrams(text, self.n):
+            for gram in self._grams(words(text)):
                 if gram in self.owner:
-                    return self.owner[gram], gram
+                    return self.owner[gram], " ".join(gram)
         return None

@@ -14,11 +14,21 @@ from stillroom.hashing import canonical_json, content_hash
 from stillroom.tasks import dedupe, soft_labels
 from stillroom.tasks.curation import CurationConfig
 from stillroom.tasks.licenses import terms_for
+from stillroom.tasks.prompts import Prompt
 
 log = logging.getLogger(__name__)
 
-ROW_COLUMNS = ("response_id, prompt_id, teacher_id, rendered_prompt AS prompt, text AS response,"
-               " token_ids, soft_labels, finish_reason")
+VERSION_ROWS_SQL = (
+    "SELECT r.response_id, r.prompt_id, p.text AS prompt_text, p.is_chat, p.source,"
+    " r.rendered_prompt AS prompt, r.text AS response, r.token_ids, r.soft_labels,"
+    " r.finish_reason, r.teacher_id, t.name AS teacher, t.model AS teacher_model,"
+    " t.revision AS teacher_revision, t.license, d.dataset_id"
+    " FROM dataset_rows d JOIN responses r USING (response_id) JOIN prompts p USING (prompt_id)"
+    " JOIN teachers t ON t.teacher_id = r.teacher_id"
+    " WHERE d.dataset_id = ? ORDER BY d.position")
+PROVENANCE_COLUMNS = ("teacher", "teacher_model", "teacher_revision", "license", "dataset_id")
+JSONL_COLUMNS = ("response_id", "messages", "rendered_prompt", "finish_reason",
+                 *PROVENANCE_COLUMNS)
 
 
 def _kept_rows_sql(config: CurationConfig) -> str:
@@ -86,15 +96,34 @@ def cut(catalog: Catalog, curation: CurationConfig, name: str | None = None,
 
 
 def resolve(catalog: Catalog, ref: str) -> str:
-    """A dataset id from an id, a unique id prefix, a name, or `latest`."""
-    if ref == "latest":
-        rows = catalog.rows("SELECT dataset_id FROM datasets ORDER BY created_at DESC LIMIT 1")
-    else:
-        rows = catalog.rows("SELECT dataset_id FROM datasets WHERE dataset_id LIKE ? || '%'"
-                            " OR name = ? ORDER BY created_at DESC", [ref, ref])
-    if not rows:
-        raise StillroomError(f"no dataset {ref!r}; see `stillroom dataset list`", where="--dataset")
-    return rows[0]["dataset_id"]
+    """A dataset id from `latest`, a full id, a name or an id prefix, in that order.
+
+    A name that several versions carry (a nightly refresh reuses its name) means the newest
+    of them, as `latest` does. An id prefix must match exactly one version, and a ref that
+    is both a name and a prefix of another version's id is ambiguous too: both are errors
+    listing the candidates, never a silent pick."""
+    where = f"dataset {ref!r}"
+    if not ref:
+        raise StillroomError("empty reference; give an id, id prefix, name or 'latest'",
+                             where="dataset")
+    versions = list_versions(catalog)  # newest first
+    if ref == "latest" and versions:
+        return versions[0]["dataset_id"]
+    if any(v["dataset_id"] == ref for v in versions):
+        return ref
+    named = [v for v in versions if v["name"] == ref][:1]  # newest first
+    prefixed = [v for v in versions if v["dataset_id"].startswith(ref)]
+    candidates = named + [v for v in prefixed if v not in named]
+    if not candidates:
+        raise StillroomError("no such dataset version; see `stillroom dataset list`",
+                             where=where)
+    if len(candidates) > 1:
+        listed = "; ".join(f"{v['dataset_id']} ({v['name'] or 'unnamed'},"
+                           f" {v['created_at']:%Y-%m-%d %H:%M:%S})" for v in candidates)
+        raise StillroomError(f"ambiguous: {'name and ' if named else ''}id prefix match"
+                             f" {len(candidates)} versions: {listed}; give more of the id",
+                             where=where)
+    return candidates[0]["dataset_id"]
 
 
 def manifest(catalog: Catalog, dataset_id: str) -> dict[str, Any]:
@@ -103,12 +132,19 @@ def manifest(catalog: Catalog, dataset_id: str) -> dict[str, Any]:
 
 
 def load(catalog: Catalog, dataset_id: str) -> Any:
-    """The version as a `datasets.Dataset`, in snapshot order, with soft labels."""
+    """The version as a `datasets.Dataset`, in snapshot order: the conversation
+    (`messages`: the prompt's own messages, system and earlier turns included, then the
+    teacher's answer), `prompt` as the teacher saw it (chat template applied), the response
+    and its tokens, soft labels (`topk_ids`, `topk_logprobs`) and each row's provenance
+    (`PROVENANCE_COLUMNS`)."""
     import datasets
 
-    table = catalog.frame(
-        f"SELECT {ROW_COLUMNS} FROM dataset_rows d JOIN responses USING (response_id)"
-        " WHERE d.dataset_id = ? ORDER BY d.position", [dataset_id])
+    table = catalog.frame(VERSION_ROWS_SQL, [dataset_id])
+    table["messages"] = [
+        [*Prompt(text, source, is_chat).messages, {"role": "assistant", "content": response}]
+        for text, source, is_chat, response in zip(
+            table.pop("prompt_text"), table.pop("source"), table.pop("is_chat"),
+            table["response"], strict=True)]
     decoded = [soft_labels.decode(blob) for blob in table.pop("soft_labels")]
     table["topk_ids"] = [ids for ids, _ in decoded]
     table["topk_logprobs"] = [lps for _, lps in decoded]
@@ -116,8 +152,14 @@ def load(catalog: Catalog, dataset_id: str) -> Any:
 
 
 def export(catalog: Catalog, dataset_id: str, out: Path, fmt: str = "jsonl") -> Path:
-    """Write the version as `jsonl` (chat messages), `parquet` or `hf` (save_to_disk)."""
-    data = load(catalog, dataset_id)
+    """Write the version as `jsonl` (one conversation a line in TRL's `messages` format,
+    with the rendered prompt and provenance: `JSONL_COLUMNS`), or `parquet` or `hf`
+    (`save_to_disk`) with every column of `load`. The rendered prompt is exported as
+    `rendered_prompt` so nobody mistakes it for the prompt to template again."""
+    if fmt not in ("jsonl", "parquet", "hf"):
+        raise StillroomError(f"unknown format {fmt!r}; use jsonl, parquet or hf",
+                             where="--format")
+    data = load(catalog, dataset_id).rename_column("prompt", "rendered_prompt")
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").write_text(json.dumps(manifest(catalog, dataset_id), indent=2))
     if fmt == "hf":
@@ -126,15 +168,11 @@ def export(catalog: Catalog, dataset_id: str, out: Path, fmt: str = "jsonl") -> 
     if fmt == "parquet":
         data.to_parquet(str(out / "data.parquet"))
         return out / "data.parquet"
-    if fmt == "jsonl":
-        path = out / "data.jsonl"
-        with path.open("w", encoding="utf-8") as f:
-            for row in data:
-                f.write(json.dumps({"id": row["response_id"], "messages": [
-                    {"role": "user", "content": row["prompt"]},
-                    {"role": "assistant", "content": row["response"]}]}) + "\n")
-        return path
-    raise StillroomError(f"unknown format {fmt!r}; use jsonl, parquet or hf", where="--format")
+    path = out / "data.jsonl"
+    with path.open("w", encoding="utf-8") as f:
+        for row in data.select_columns(list(JSONL_COLUMNS)):
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
 
 
 def diff(catalog: Catalog, a: str, b: str, examples: int = 5) -> dict[str, Any]:
@@ -176,10 +214,11 @@ def diff(catalog: Catalog, a: str, b: str, examples: int = 5) -> dict[str, Any]:
 
 
 def list_versions(catalog: Catalog) -> list[dict[str, Any]]:
+    """Every version, newest first."""
     if not catalog.path.exists():
         return []
     return catalog.rows("SELECT dataset_id, name, n_rows, created_at FROM datasets"
-                        " ORDER BY created_at DESC")
+                        " ORDER BY created_at DESC, dataset_id")
 
 
 def default_export_dir(dataset_id: str) -> Path:

@@ -15,6 +15,7 @@ import inspect
 import json
 import logging
 import string
+import time
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,11 +40,15 @@ KEEP = Verdict(True)
 Row = dict[str, Any]
 FilterFn = Callable[[Row], Verdict]
 FILTERS: dict[str, Callable[..., FilterFn]] = {}
+REVISIONS: dict[str, int] = {}
 
 
-def register(name: str) -> Callable:
+def register(name: str, revision: int = 1) -> Callable:
+    """Register a filter factory. Bump `revision` when the same parameters come to judge
+    differently: it enters the verdict key, so the next run re-judges every row."""
     def decorate(factory: Callable[..., FilterFn]) -> Callable[..., FilterFn]:
         FILTERS[name] = factory
+        REVISIONS[name] = revision
         return factory
     return decorate
 
@@ -172,7 +177,8 @@ def verifier(min_score: float = 1.0, timeout_s: float = 5.0, memory_mb: int = 51
     return check
 
 
-@register("decontaminate")
+# revision 2: items shorter than n words also match inside longer texts
+@register("decontaminate", revision=2)
 def decontaminate(n: int = 13, suites: list[str] | tuple[str, ...] = (),
                   against: list[str] | None = None, catalog: Catalog | None = None) -> FilterFn:
     """Drop rows whose question or response shares an item-specific n-gram with a benchmark
@@ -260,17 +266,19 @@ def build(config: dict[str, dict[str, Any]], catalog: Catalog | None = None
 
 
 def verdict_keys(config: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """Each filter's verdict key: the hash of the filters up to and including it, in order."""
+    """Each filter's verdict key: the hash of the filters up to and including it, in order,
+    with their revisions (left out at revision 1, so first-revision keys never change)."""
     keys, prefix = {}, []
     for name, params in config.items():
-        prefix.append([name, params])
+        revision = REVISIONS.get(name, 1)
+        prefix.append([name, params] if revision == 1 else [name, params, revision])
         keys[name] = content_hash("filters", prefix)
     return keys
 
 
 def config_hash(config: dict[str, dict[str, Any]]) -> str:
     """The whole config's hash, which is also the last filter's verdict key."""
-    return content_hash("filters", [[name, params] for name, params in config.items()])
+    return list(verdict_keys(config).values())[-1] if config else content_hash("filters", [])
 
 
 ROWS_SQL = (
@@ -284,7 +292,11 @@ ROWS_SQL = (
     "      WHERE d.response_id = r.response_id AND d.stage = $previous"
     "      AND d.config_hash = $previous_key AND d.keep))"
     " ORDER BY r.created_at, r.response_id")
-BATCHED_CHUNK = 64
+CHUNK = 64
+"""Rows judged per step; a batched filter (the judge) gets them as one list."""
+COMMIT_EVERY_S = 1.0
+"""Judged chunks are committed once this much judging has piled up (and at the end): a
+crash loses about this much work, and a fast filter is not slowed by a commit per chunk."""
 
 
 def write_verdicts(catalog: Catalog, stage: str, chash: str, run_id: str,
@@ -300,7 +312,10 @@ def write_verdicts(catalog: Catalog, stage: str, chash: str, run_id: str,
 
 
 def apply_filters(catalog: Catalog, config: dict[str, dict[str, Any]], run_id: str) -> dict:
-    """Judge every response that has no verdict yet under this config; returns counts."""
+    """Judge every response that has no verdict yet under this config; returns counts.
+
+    Verdicts are committed progressively (see `COMMIT_EVERY_S`), so a run killed midway
+    keeps what it committed and a re-run judges only the rows still without a verdict."""
     filters = build(config, catalog)
     keys = verdict_keys(config)
     counts: dict[str, Any] = {"judged": 0, "dropped": {}}
@@ -308,15 +323,17 @@ def apply_filters(catalog: Catalog, config: dict[str, dict[str, Any]], run_id: s
     for name, check in filters.items():
         stage = f"filter:{name}"
         rows = catalog.rows(ROWS_SQL, {"stage": stage, "key": keys[name], **previous})
-        dropped = 0
-        # Batched filters (the judge) commit per chunk, so a crash repeats at most one chunk.
-        step = BATCHED_CHUNK if getattr(check, "batched", False) else max(len(rows), 1)
-        for start in range(0, len(rows), step):
-            chunk = rows[start:start + step]
-            judged = check(chunk) if step == BATCHED_CHUNK else [check(r) for r in chunk]
-            verdicts = [(row["response_id"], v) for row, v in zip(chunk, judged, strict=True)]
-            write_verdicts(catalog, stage, keys[name], run_id, verdicts)
-            dropped += sum(not v.keep for _, v in verdicts)
+        batched = getattr(check, "batched", False)
+        pending: list[tuple[str, Verdict]] = []
+        dropped, since_commit = 0, time.monotonic()
+        for start in range(0, len(rows), CHUNK):
+            chunk = rows[start:start + CHUNK]
+            judged = check(chunk) if batched else [check(row) for row in chunk]
+            pending += [(row["response_id"], v) for row, v in zip(chunk, judged, strict=True)]
+            dropped += sum(not v.keep for v in judged)
+            if time.monotonic() - since_commit >= COMMIT_EVERY_S or start + CHUNK >= len(rows):
+                write_verdicts(catalog, stage, keys[name], run_id, pending)
+                pending, since_commit = [], time.monotonic()
         counts["judged"] = max(counts["judged"], len(rows))
         counts["dropped"][name] = dropped
         previous = {"previous": stage, "previous_key": keys[name]}
