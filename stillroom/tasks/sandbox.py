@@ -1,22 +1,22 @@
 """Run untrusted Python (a teacher's code plus its tests) in a bubblewrap sandbox.
 
 Teacher-written code is hostile until proven otherwise, so it never runs in-process
-nor as a plain subprocess. `bwrap` gives it new user, pid, network, ipc, uts and
-mount namespaces: it runs as `nobody` (also outside the sandbox when Stillroom runs
-as root, so process limits hold), sees only the system's read-only `/usr` and
-libraries plus the Python standard library (no site-packages, so no DuckDB; no
-project, no $STILLROOM_HOME, no /root), a private size-limited /tmp, no network
-and no other process. CPU, memory, process, open-file and file-size limits are set
-before exec. On timeout the sandbox's pid 1 is killed, which kills every process in
-it, `setsid` and double-forked ones included; `--die-with-parent` does the same if
-Stillroom itself dies. Without a working bubblewrap nothing runs: `run_python`
-raises `SandboxUnavailable` instead of falling back to a weaker isolation.
+nor as a plain subprocess. `bwrap` gives it its own pid, network, ipc, uts and mount
+namespaces. It runs as `nobody`: a real one (setpriv drops to it, with no capabilities)
+when Stillroom runs as root, so that process limits hold; the caller's uid mapped to
+nobody in a user namespace otherwise. It sees only the read-only system directories and
+the Python standard library (no site-packages, so no DuckDB; no project, no
+$STILLROOM_HOME, no /root), a private size-limited /tmp, no network and no other
+process. CPU, memory, process, open-file and file-size limits are set before exec. On
+timeout the sandbox's pid 1 is killed, which kills every process in it, `setsid` and
+double-forked ones included; `--die-with-parent` does the same if Stillroom itself
+dies. Without a working bubblewrap nothing runs: `run_python` raises
+`SandboxUnavailable` instead of falling back to a weaker isolation.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import re
 import resource
@@ -191,12 +191,18 @@ def _run(bwrap: str, program: str, limits: Limits) -> SandboxResult:
     return SandboxResult(False, reason, output + errors)
 
 
-@functools.lru_cache(maxsize=8)
+_WORKING: set[tuple[str, Path]] = set()  # (bwrap, interpreter) pairs that ran Python here
+
+
 def _probe(bwrap: str, interpreter: Path) -> str | None:
-    """Why the sandbox cannot run Python here, or None when it can (once per process)."""
+    """Why the sandbox cannot run Python here, or None when it can. Only success is
+    remembered, so a passing problem (a busy machine) is not a refusal for good."""
+    if (bwrap, interpreter) in _WORKING:
+        return None
     marker = "stillroom-sandbox-ok"
     result = _run(bwrap, f"print({marker!r})\n", Limits(timeout_s=30))
     if result.passed and marker in result.output:
+        _WORKING.add((bwrap, interpreter))
         return None
     return (result.reason or "no output").replace("\n", " ")
 
@@ -212,8 +218,8 @@ def sandbox_tool() -> str:
     problem = _probe(bwrap, _interpreter())
     if problem:
         raise SandboxUnavailable(
-            f"no sandbox for teacher-written code: {bwrap} cannot run Python here ({problem});"
-            " it needs unprivileged user namespaces", where="sandbox")
+            f"no sandbox for teacher-written code: {bwrap} cannot run Python here ({problem})",
+            where="sandbox")
     return bwrap
 
 
