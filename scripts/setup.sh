@@ -13,6 +13,17 @@ pipq() {
     return "${PIPESTATUS[0]}"
 }
 
+# The code verifier runs teacher-written code only inside a bubblewrap sandbox.
+if ! command -v bwrap >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "setup: bubblewrap (the code verifier's sandbox)"
+        { apt-get update -q >/dev/null && apt-get install -y -q bubblewrap >/dev/null; } ||
+            echo "setup: apt-get could not install bubblewrap: without it the code verifier refuses to run code"
+    else
+        echo "setup: install bubblewrap (e.g. sudo apt-get install bubblewrap): without it the code verifier refuses to run code"
+    fi
+fi
+
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 echo "setup: torch (CPU build) and packaging"
 pipq "torch==2.13.0" "packaging>=23"

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -147,15 +149,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> None:
-    import subprocess
+    from stillroom.serve import dashboard
 
     app = Path(__file__).parent / "dashboard" / "app.py"
     if not settings.catalog_path().exists():
         raise StillroomError("no catalog yet; run `stillroom demo` first",
                              where=str(settings.catalog_path()))
-    subprocess.run([sys.executable, "-m", "streamlit", "run", str(app), "--server.headless=true",
-                    f"--server.port={args.port}", "--browser.gatherUsageStats=false",
-                    "--client.toolbarMode=viewer"], check=False)
+    dashboard(app, args.port, args.address)
 
 
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
@@ -277,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     dash = sub.add_parser("dashboard", help="open the read-only Streamlit dashboard")
     dash.add_argument("--port", type=int, default=8501)
+    dash.add_argument("--address", default="127.0.0.1",
+                      help="interface to listen on (default: this machine only); the dashboard "
+                           "has no authentication, so a wider one exposes the catalog")
     dash.set_defaults(func=cmd_dashboard)
 
     demo = sub.add_parser("demo", help="the whole loop on Gemma 3 270M, on this machine")
@@ -293,10 +296,30 @@ def configure_logging() -> None:
     logging.getLogger("stillroom").setLevel(logging.INFO)
 
 
+class Stopped(BaseException):
+    """SIGTERM or SIGHUP, raised like Ctrl-C's KeyboardInterrupt so that every `finally`
+    (child processes stopped, runs marked failed, engines closed) runs before the exit."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _raise_stopped(signum: int, _frame: object) -> None:
+    for sig in STOP_SIGNALS:  # a second signal must not cut the cleanup short
+        signal.signal(sig, signal.SIG_IGN)
+    raise Stopped(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging()
     started = time.monotonic()
+    previous = {sig: signal.signal(sig, _raise_stopped) for sig in STOP_SIGNALS
+                if threading.current_thread() is threading.main_thread()}
     try:
         summary = args.func(args)
     except StillroomError as exc:
@@ -305,9 +328,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stillroom: interrupted", file=sys.stderr)
         return 130
+    except Stopped as stopped:
+        print(f"stillroom: stopped by {stopped}", file=sys.stderr)
+        return 128 + stopped.signum
     finally:
-        if "stillroom.tasks.engine" in sys.modules:  # stop engines and servers this run started
-            sys.modules["stillroom.tasks.engine"].close_engine()
+        try:
+            if "stillroom.tasks.engine" in sys.modules:  # stop engines and servers it started
+                sys.modules["stillroom.tasks.engine"].close_engine()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     if summary is not None:
         emit({"command": args.command, **summary,
               "seconds": summary.get("seconds", round(time.monotonic() - started, 2))})

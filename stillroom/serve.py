@@ -1,7 +1,10 @@
-"""`stillroom serve`: a local Prefect server, the work pool, the deployments, and a worker."""
+"""The long-running commands: `stillroom serve` (a local Prefect server, the work pool, the
+deployments and a worker) and `stillroom dashboard` (Streamlit). Whatever ends them (Ctrl-C,
+SIGTERM, SIGHUP, an error) stops the child processes they started before they exit."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import signal
@@ -39,7 +42,8 @@ def _wait_healthy(url: str, server: subprocess.Popen, stop: threading.Event,
     raise StillroomError(f"the Prefect server did not answer at {url} within {timeout:.0f}s")
 
 
-def _stop(processes: list[subprocess.Popen]) -> None:
+def stop_processes(processes: list[subprocess.Popen]) -> None:
+    """SIGTERM each one still running, then wait; a process still up after 15 s is killed."""
     for proc in processes:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -51,7 +55,7 @@ def _stop(processes: list[subprocess.Popen]) -> None:
 
 
 def serve(project: Path, port: int = 4200) -> None:
-    """Run until Ctrl-C (or SIGTERM); then stop the worker and the server cleanly."""
+    """Run until Ctrl-C, SIGTERM or SIGHUP; then stop the worker and the server cleanly."""
     project = project.resolve()
     if not (project / "prefect.yaml").is_file():
         raise StillroomError("no prefect.yaml here; run from the Stillroom project directory",
@@ -62,8 +66,8 @@ def serve(project: Path, port: int = 4200) -> None:
     # Ctrl-C reaches the whole process group at once: the children may exit before we look,
     # so a stop request is a flag checked before calling their exit unexpected.
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         server = subprocess.Popen(_prefect("server", "start", "--host", "127.0.0.1", "--port",
                                            str(port)), env=env, cwd=project)
@@ -88,4 +92,31 @@ def serve(project: Path, port: int = 4200) -> None:
     except subprocess.CalledProcessError as exc:
         raise StillroomError(f"setting up deployments failed: {' '.join(exc.cmd[2:])}") from exc
     finally:
-        _stop(list(reversed(processes)))
+        stop_processes(list(reversed(processes)))
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:  # a host name: assume it may be reachable from elsewhere
+        return False
+
+
+def dashboard(app: Path, port: int = 8501, address: str = "127.0.0.1") -> int:
+    """Run the Streamlit dashboard on `address` until it exits or this process is stopped;
+    returns Streamlit's exit code. It has no authentication, so only loopback is private."""
+    if not is_loopback(address):
+        log.warning("the dashboard has no authentication: listening on %s shows prompts, "
+                    "responses and license grants to anyone who can reach this machine", address)
+    streamlit = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(app),
+                                  "--server.headless=true", f"--server.address={address}",
+                                  f"--server.port={port}", "--browser.gatherUsageStats=false",
+                                  "--client.toolbarMode=viewer"])
+    try:
+        return streamlit.wait()
+    finally:
+        stop_processes([streamlit])

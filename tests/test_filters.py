@@ -115,9 +115,6 @@ def test_code_verifier_runs_tests_in_a_limited_subprocess() -> None:
     assert not loop.keep and "timeout after 3s" in loop.reason
     hog = check(humaneval_row("    x = bytearray(2**31)\n    return True\n", problem))
     assert not hog.keep and "MemoryError" in hog.reason
-    escape = check(humaneval_row("    import os; os.remove(__file__)\n    return True\n", problem))
-    assert not escape.keep  # it ran in a throwaway directory and failed its tests there
-    assert Path(__file__).exists()
 
 
 def test_judge_needs_a_licensed_teacher(catalog, tiny_model: Path) -> None:

@@ -10,11 +10,14 @@ API keys come from the environment and are sent only as an Authorization header.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import json
 import logging
 import os
 import queue
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -195,26 +198,69 @@ class VLLMServer:
             command += ["--revision", revision]
         if not settings.has_cuda():  # see VLLMEngine: seeded sampling crashes chunked prefill
             command.append("--no-enable-chunked-prefill")
+        # Its own process group, so `stop` reaches the engine-core processes it forks too.
         self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + startup_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise StillroomError(f"the vLLM server exited with code {self.proc.returncode}",
-                                     where=model)
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(1)
-        self.stop()
-        raise StillroomError(f"the vLLM server did not come up in {startup_timeout:.0f}s",
-                             where=model)
+                                     stderr=subprocess.DEVNULL, start_new_session=True,
+                                     preexec_fn=_terminate_with_parent())
+        self._stopped = False
+        try:
+            deadline = time.monotonic() + startup_timeout
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise StillroomError(f"the vLLM server exited with code "
+                                         f"{self.proc.returncode}", where=model)
+                try:
+                    if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    time.sleep(1)
+            raise StillroomError(f"the vLLM server did not come up in {startup_timeout:.0f}s",
+                                 where=model)
+        except BaseException:  # also Ctrl-C or SIGTERM while it starts: never leave it running
+            self.stop()
+            raise
 
     def stop(self) -> None:
+        """SIGTERM the server's process group (vLLM shuts its engine core down), wait; then
+        SIGKILL whatever of the group is left after 30 s, or 10 s after the server exited."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
+            self._signal_group(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        deadline = time.monotonic() + 10
+        while self.proc.poll() is not None and self._signal_group(0) and \
+                time.monotonic() < deadline:
+            time.sleep(0.2)
+        self._signal_group(signal.SIGKILL)
+        self.proc.wait()
+
+    def _signal_group(self, sig: int) -> bool:
+        """Send `sig` to the server's process group; False when the group is gone."""
+        try:
+            os.killpg(self.proc.pid, sig)
+            return True
+        except ProcessLookupError:
+            return False
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _terminate_with_parent() -> Any:
+    """A pre-exec hook giving the server SIGTERM when Stillroom dies, however it dies (even
+    SIGKILL, where no cleanup runs). Linux ties this to the thread that started the child, so
+    only the main thread asks for it; servers started elsewhere rely on `stop`."""
+    if not sys.platform.startswith("linux") or \
+            threading.current_thread() is not threading.main_thread():
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the hook ran
+            os._exit(1)
+    return hook
