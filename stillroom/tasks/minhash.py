@@ -34,6 +34,9 @@ _SEPARATOR = "\x1e"  # ASCII record separator: splits texts inside one joined ba
 SENTENCE_PUNCTUATION = ".,;:!?\"'`"
 _PUNCTUATION = bytes.maketrans(SENTENCE_PUNCTUATION.encode(), b" " * len(SENTENCE_PUNCTUATION))
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant that spreads word hashes
+# Bump whenever normalisation, word splitting, word hashing, shingle mixing or the
+# permutations change: it is part of every persisted signature's key.
+SHINGLING_VERSION = 2
 _CHUNK_SHINGLES = 4_000  # (shingles x permutations) block small enough to stay in cache
 
 
@@ -58,8 +61,10 @@ class MinHashParams:
 
     @property
     def signature_hash(self) -> str:
-        """What a persisted signature depends on (the threshold does not change it)."""
-        return content_hash("minhash", self.ngram, self.bands, self.rows, self.seed)
+        """What a signature of a given text depends on: the shingling rules (their version
+        and the punctuation they blank) and the parameters, but not the threshold."""
+        return content_hash("minhash", SHINGLING_VERSION, SENTENCE_PUNCTUATION, self.ngram,
+                            self.bands, self.rows, self.seed)
 
     def as_dict(self) -> dict:
         return asdict(self)
