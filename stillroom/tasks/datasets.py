@@ -32,7 +32,7 @@ def _kept_rows_sql(config: CurationConfig) -> str:
             f" ORDER BY c.created_at, c.response_id")
 
 
-def _check_teacher_cut(curation: CurationConfig, teacher: str | None) -> None:
+def check_teacher_cut(curation: CurationConfig, teacher: str | None) -> None:
     """A one-teacher cut is whole only if no row of it was dropped for another teacher's."""
     if teacher is not None and curation.dedupe and curation.dedupe_scope != "teacher":
         raise StillroomError(
@@ -58,7 +58,7 @@ def _teacher_provenance(catalog: Catalog, teacher_ids: list[str]) -> list[dict[s
 def cut(catalog: Catalog, curation: CurationConfig, name: str | None = None,
         teacher: str | None = None, run_id: str = "") -> dict[str, Any]:
     """Snapshot every kept, deduped row into an immutable version (reused if identical)."""
-    _check_teacher_cut(curation, teacher)
+    check_teacher_cut(curation, teacher)
     curation = curation.pinned(catalog)
     hashes = curation.hashes
     kept_sql = _kept_rows_sql(curation)
