@@ -131,6 +131,15 @@ def test_near_dedupe_keeps_operators_apart() -> None:
     assert estimated_jaccard(a, b)[0] < 0.65 and estimated_jaccard(a, c)[0] == 1.0
 
 
+def test_a_batch_of_fewer_words_than_one_shingle_gets_signatures() -> None:
+    from stillroom.tasks.minhash import MinHasher, estimated_jaccard
+
+    hasher = MinHasher()
+    alone, = hasher.signatures(["Hi there!"])  # 2 words, 5-word shingles, nothing else
+    again, other = hasher.signatures(["hi THERE", "Bye now"])
+    assert estimated_jaccard(alone, again)[0] == 1.0 and estimated_jaccard(alone, other)[0] < 0.1
+
+
 def test_content_check_separates_template_fills() -> None:
     from stillroom.tasks.embeddings import same_content
 

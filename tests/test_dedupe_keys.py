@@ -91,8 +91,8 @@ def test_curation_without_filters_dedupes_and_cuts(catalog: Catalog) -> None:
                              {"question": "Say hi.", "response": "hi!"}], teacher.teacher_id)
     config = CurationConfig({}, NEAR)
     assert curate(catalog, config, "run")["dedupe"]["exact"] == {"judged": 2, "dropped": 1}
-    assert datasets.manifest(catalog, datasets.cut(catalog, config)["dataset_id"]
-                             )["row_ids"] == [ids[0]]
+    kept = datasets.manifest(catalog, datasets.cut(catalog, config)["dataset_id"])["row_ids"]
+    assert len(kept) == 1 and kept[0] in ids
 
 
 class Row(NamedTuple):

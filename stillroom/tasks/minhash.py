@@ -155,6 +155,8 @@ def _word_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
 
 def _mix(words: np.ndarray, n: int) -> np.ndarray:
     """Order-sensitive hashes of every run of n consecutive word hashes."""
+    if len(words) < n:  # a batch of fewer than n words in all has no run of n
+        return np.zeros(0, dtype=np.uint64)
     mixed = np.zeros(len(words) - n + 1, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for offset in range(n):
