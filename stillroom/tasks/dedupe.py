@@ -178,15 +178,15 @@ def near(ngram: int = 5, bands: int = 20, rows: int = 5, threshold: float = 0.65
     Signatures and band keys are persisted per row; a new row is compared only with
     earlier kept rows that share a band with it, fetched by one join.
     """
-    from stillroom.tasks.minhash import MinHasher, MinHashParams, NearDupIndex
+    from stillroom.tasks.minhash import MinHasher, MinHashParams, NearDupIndex, per_text
 
     hasher = MinHasher(MinHashParams(ngram, bands, rows, threshold, seed))
     phash = signature_key(hasher)
 
     def judge(catalog: Catalog, kept: list[Candidate], new: list[Candidate]) -> list[Match | None]:
-        _persist_signatures(catalog, hasher, new)
-        kept_ids = [c.response_id for c in kept]
-        labels = {c.response_id: c.label for c in kept}
+        shingles, counts = hasher.shingles([c.subject for c in new])
+        fresh = _signatures(catalog, hasher, new, shingles, counts)
+        kept_by_id = {c.response_id: c for c in kept}
         with catalog.reader() as conn:
             earlier = conn.execute(
                 "SELECT s.response_id, s.signature FROM minhash_signatures s"
@@ -195,22 +195,21 @@ def near(ngram: int = 5, bands: int = 20, rows: int = 5, threshold: float = 0.65
                 "  JOIN minhash_bands n ON n.params_hash = e.params_hash"
                 "   AND n.band_key = e.band_key"
                 "  WHERE e.params_hash = $p AND n.response_id IN (SELECT unnest($new)))",
-                {"p": phash, "kept": kept_ids, "new": [c.response_id for c in new]}).fetchall()
-            signatures = dict(conn.execute(
-                "SELECT response_id, signature FROM minhash_signatures WHERE params_hash = $p"
-                " AND response_id IN (SELECT unnest($new))",
-                {"p": phash, "new": [c.response_id for c in new]}).fetchall())
+                {"p": phash, "kept": list(kept_by_id),
+                 "new": [c.response_id for c in new]}).fetchall()
         index = NearDupIndex(hasher)
-        if earlier:
+        if earlier:  # kept rows sharing a band with a new one: re-shingled to confirm matches
             old = np.stack([np.frombuffer(blob, np.uint32) for _, blob in earlier])
-            for (rid, _), signature, keys in zip(earlier, old, hasher.band_keys(old).tolist(),
-                                                 strict=True):
-                index.insert(rid, signature, keys, labels.get(rid))
-        fresh = np.stack([np.frombuffer(signatures[c.response_id], np.uint32) for c in new])
+            old_rows = [kept_by_id[rid] for rid, _ in earlier]
+            old_shingles = per_text(*hasher.shingles([c.subject for c in old_rows]))
+            for c, text_shingles, keys in zip(old_rows, old_shingles,
+                                              hasher.band_keys(old).tolist(), strict=True):
+                index.insert(c.response_id, text_shingles, keys, c.label)
         found = index.add_signatures([c.response_id for c in new], fresh,
-                                     [c.label for c in new])
+                                     per_text(shingles, counts), [c.label for c in new])
         return [Match(*m) if m else None for m in found]
-    return Stage(judge, {"version": 1, "signatures": phash})
+    # Version 2: matches are confirmed by the shingle sets' Jaccard, not the estimate.
+    return Stage(judge, {"version": 2, "signatures": phash})
 
 
 def signature_key(hasher: MinHasher) -> str:
@@ -218,28 +217,32 @@ def signature_key(hasher: MinHasher) -> str:
     return content_hash("near", hasher.params.signature_hash, SUBJECT_KEY)
 
 
-def _persist_signatures(catalog: Catalog, hasher: MinHasher, rows: list[Candidate]) -> None:
-    """Compute and store signatures and band keys for rows that have none yet."""
+def _signatures(catalog: Catalog, hasher: MinHasher, rows: list[Candidate],
+                shingles: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The rows' signatures: read where all are persisted, else computed from their
+    shingles, with the missing ones stored along with their band keys."""
     phash = signature_key(hasher)
-    have = {r["response_id"] for r in catalog.rows(
-        "SELECT response_id FROM minhash_signatures WHERE params_hash = ?"
-        " AND response_id IN (SELECT unnest(?))", [phash, [c.response_id for c in rows]])}
-    missing = [c for c in rows if c.response_id not in have]
-    if not missing:
-        return
-    signatures = hasher.signatures([c.subject for c in missing])
-    keys = hasher.band_keys(signatures)
-    ids = [c.response_id for c in missing]
+    ids = [c.response_id for c in rows]
+    stored = {r["response_id"]: r["signature"] for r in catalog.rows(
+        "SELECT response_id, signature FROM minhash_signatures WHERE params_hash = ?"
+        " AND response_id IN (SELECT unnest(?))", [phash, ids])}
+    if len(stored) == len(ids):
+        return np.stack([np.frombuffer(stored[rid], np.uint32) for rid in ids])
+    signatures = hasher.signatures_of(shingles, counts)
+    missing = [i for i, rid in enumerate(ids) if rid not in stored]
+    keys = hasher.band_keys(signatures[missing])
+    missing_ids = [ids[i] for i in missing]
     with catalog.write() as conn:
         insert_many(conn, "INSERT OR IGNORE INTO minhash_signatures VALUES (?, ?, ?)",
-                    [(rid, phash, sig.tobytes()) for rid, sig in zip(ids, signatures,
-                                                                      strict=True)])
+                    [(rid, phash, signatures[i].tobytes()) for rid, i in zip(missing_ids, missing,
+                                                                             strict=True)])
         band_rows = {"params_hash": [phash] * keys.size, "band_key": keys.ravel(),
-                     "response_id": np.repeat(np.array(ids, dtype=object), keys.shape[1])}
+                     "response_id": np.repeat(np.array(missing_ids, dtype=object), keys.shape[1])}
         import pyarrow as pa
 
         batch = pa.table(band_rows)  # noqa: F841 (scanned below)
         conn.execute("INSERT INTO minhash_bands SELECT * FROM batch")
+    return signatures
 
 
 @stage("semantic")
