@@ -167,7 +167,7 @@ def exact() -> Stage:
             matches.append(Match(seen[key], 1.0) if key in seen else None)
             seen.setdefault(key, c.response_id)
         return matches
-    return Stage(judge, {"version": 1, "subject": SUBJECT_KEY, "normalize": "eval.metrics"})
+    return Stage(judge, {"version": 1, "subject": SUBJECT_KEY})
 
 
 @stage("near")

@@ -30,7 +30,7 @@ from stillroom.tasks.subject import SUBJECT_KEY
 MODEL_ENV = "STILLROOM_EMBEDDING_MODEL"
 BATCH = 64
 MAX_LENGTH = 256
-POOLING = {"pooling": "mean", "normalize": "l2", "max_length": MAX_LENGTH}
+ENCODING = {"pooling": "mean", "normalize": "l2", "max_length": MAX_LENGTH, "dtype": "float32"}
 # What in an encoder's folder decides its vectors: config, weights, tokenizer.
 _ENCODER_FILES = ("config.json", "*.safetensors", "*.bin", "tokenizer*.json", "vocab.txt",
                   "merges.txt", "special_tokens_map.json", "added_tokens.json", "*.model")
@@ -79,8 +79,9 @@ def encoder_digest(model: str) -> str:
 
 
 def embedding_key(model: str) -> str:
-    """What a stored vector depends on: the encoder's files, the embedded text, the pooling."""
-    return content_hash("embedding", encoder_digest(model), SUBJECT_KEY, POOLING)
+    """What a stored vector depends on: the encoder's files, the embedded text, how it is
+    encoded (pooling, length limit, dtype)."""
+    return content_hash("embedding", encoder_digest(model), SUBJECT_KEY, ENCODING)
 
 
 @cache
