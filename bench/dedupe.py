@@ -118,21 +118,21 @@ def jaccard(a: str, b: str, n: int) -> float:
 def _hard_negative(rng: random.Random, original: str, vocab: list[str], ngram: int
                    ) -> str | None:
     """The original with every s-th word replaced (a template filled differently), if its
-    n-gram Jaccard with the original falls in HARD_JACCARD."""
+    n-gram Jaccard with the original is in [low, high) of HARD_JACCARD: below the threshold."""
     words = original.split()
     step = rng.randint(3 * ngram, 5 * ngram)  # J ~ (1 - n/s) / (1 + n/s): 0.5 to 0.67
     for i in range(rng.randrange(step), len(words), step):
         words[i] = rng.choice(vocab)
     candidate = " ".join(words)
     low, high = HARD_JACCARD
-    return candidate if low <= jaccard(candidate, original, ngram) <= high else None
+    return candidate if low <= jaccard(candidate, original, ngram) < high else None
 
 
 def run_stillroom(docs: list[str], params: MinHashParams) -> list[int | None]:
     index = NearDupIndex(MinHasher(params))
     ids = [str(i) for i in range(len(docs))]
     matches = []
-    for start in range(0, len(docs), 5000):  # the catalog stage also works in batches
+    for start in range(0, len(docs), 5000):  # bounds the memory of one signature pass
         matches += index.add(ids[start:start + 5000], docs[start:start + 5000])
     return [int(m[0]) if m else None for m in matches]
 
@@ -178,7 +178,7 @@ def run_stage(docs: list[str], params: MinHashParams) -> tuple[float, list[int |
             run_id="bench") for i, doc in enumerate(docs)]
         with catalog.write() as conn:
             insert_records(conn, "responses", rows)
-        near = {"near": {k: v for k, v in params.as_dict().items()}}
+        near = {"near": params.as_dict()}
         started = time.perf_counter()
         dedupe.dedupe(catalog, [], {"fhash": filters.config_hash({})}, near, "bench")
         seconds = time.perf_counter() - started

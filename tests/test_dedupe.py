@@ -109,6 +109,8 @@ def test_semantic_drops_paraphrases_but_keeps_template_fills(catalog: Catalog) -
     ("filters:\n  empty: {}\ndedupe:\n  near:\n    threshold: 1.5\n",
      ":4 (dedupe.near): threshold 1.5 must be in (0, 1]"),
     ("dedupe:\n  fuzzy: {}\n", ":2 (dedupe.fuzzy): unknown dedupe stage 'fuzzy'"),
+    ("dedupe:\n  exact: {}\n  semantic: {model: /no/such/encoder}\n",
+     ":3 (dedupe.semantic): no local encoder '/no/such/encoder'"),
     ("filters:\n  length: {min_chars: 9, max_chars: 2}\n",
      ":2 (filters.length): need 0 <= min_chars <= max_chars"),
     ("filters: [\n", ":2: malformed YAML"),

@@ -281,7 +281,12 @@ def semantic(threshold: float = 0.95, min_content_overlap: float = 0.8,
                 rep_vectors[len(reps)] = v
                 reps.append(c)
         return matches
-    return Stage(judge, {"version": 1, "embeddings": embeddings.embedding_key(model_path)})
+    try:
+        key = embeddings.embedding_key(model_path)
+    except StillroomError as exc:  # point at the config when the model was named there
+        raise StillroomError(exc.message, where="dedupe.semantic" if model else exc.where
+                             ) from exc
+    return Stage(judge, {"version": 1, "embeddings": key})
 
 
 DEFAULT_DEDUPE: dict[str, dict[str, Any]] = {"exact": {}, "near": {}, "semantic": {}}
