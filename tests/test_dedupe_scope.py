@@ -99,3 +99,19 @@ def test_unknown_scope_names_file_and_line(tmp_path: Path) -> None:
     with pytest.raises(StillroomError) as error:
         load_config(path)
     assert f"{path}:3 (dedupe.scope): unknown scope 'everyone'" in str(error.value)
+
+
+def test_refresh_flow_refuses_a_one_teacher_cut_under_all_scope_before_generating(
+        home: Path, tmp_path: Path) -> None:
+    from stillroom.flows.distill import refresh_dataset
+
+    catalog = Catalog().ensure()
+    two_teachers(catalog)
+    path = tmp_path / "curation.yaml"
+    path.write_text("dedupe:\n  scope: all\n  exact: {}\n")
+    responses = catalog.scalar("SELECT count(*) FROM responses")
+    with pytest.raises(StillroomError) as error:
+        refresh_dataset.fn("A", prompts=str(tmp_path / "unused.yaml"), curation=str(path))
+    assert error.value.where == "--teacher"
+    assert catalog.scalar("SELECT count(*) FROM runs") == 0
+    assert catalog.scalar("SELECT count(*) FROM responses") == responses
