@@ -94,6 +94,7 @@ def cmd_dataset(args: argparse.Namespace) -> dict[str, Any] | None:
         from stillroom.tasks.curation import load_config
 
         config = load_config(args.config).pinned(catalog)
+        datasets.check_teacher_cut(config, args.teacher)
         judged = filter_and_dedupe.fn(config)
         version = cut_dataset.fn(config, args.name, args.teacher)
         return {**version, "filter": judged,

@@ -208,6 +208,26 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        4,
+        """
+        -- Embeddings were keyed by the encoder's install path; they are now keyed by a
+        -- digest of its files, the embedded text's definition and the pooling
+        -- (`embeddings.embedding_key`). No stored vector can be matched to such a key,
+        -- and all are recomputable, so the table starts empty under its new key column.
+        DROP TABLE embeddings;
+        CREATE TABLE embeddings (
+            response_id    VARCHAR NOT NULL,
+            embedding_key  VARCHAR NOT NULL,
+            vector         FLOAT[] NOT NULL,
+            PRIMARY KEY (response_id, embedding_key)
+        );
+        -- Signature keys now cover the shingling rules and the signed text too: every
+        -- signature and band key stored so far is under a key no run will ask for again.
+        DELETE FROM minhash_bands;
+        DELETE FROM minhash_signatures;
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -109,6 +109,8 @@ def test_semantic_drops_paraphrases_but_keeps_template_fills(catalog: Catalog) -
     ("filters:\n  empty: {}\ndedupe:\n  near:\n    threshold: 1.5\n",
      ":4 (dedupe.near): threshold 1.5 must be in (0, 1]"),
     ("dedupe:\n  fuzzy: {}\n", ":2 (dedupe.fuzzy): unknown dedupe stage 'fuzzy'"),
+    ("dedupe:\n  exact: {}\n  semantic: {model: /no/such/encoder}\n",
+     ":3 (dedupe.semantic): no local encoder '/no/such/encoder'"),
     ("filters:\n  length: {min_chars: 9, max_chars: 2}\n",
      ":2 (filters.length): need 0 <= min_chars <= max_chars"),
     ("filters: [\n", ":2: malformed YAML"),
@@ -129,6 +131,46 @@ def test_near_dedupe_keeps_operators_apart() -> None:
     a, b, c = hasher.signatures(["State the answer: 7 - 0 = 7", "State the answer: 7 + 0 = 7",
                                  "STATE the answer 7 - 0 = 7!"])
     assert estimated_jaccard(a, b)[0] < 0.65 and estimated_jaccard(a, c)[0] == 1.0
+
+
+def word_jaccard(a: str, b: str, n: int = 5) -> float:
+    """The reference: Jaccard of the word n-gram sets, computed from scratch."""
+    grams = [{tuple(w[i:i + n]) for i in range(len(w) - n + 1)}
+             for w in (t.lower().replace(".", " ").split() for t in (a, b))]
+    return len(grams[0] & grams[1]) / len(grams[0] | grams[1])
+
+
+def test_template_alike_texts_below_the_threshold_are_never_merged() -> None:
+    """Every s-th word refilled gives pairs at Jaccard 0.5-0.65: the signature estimate
+    (std ~0.05 over 100 permutations) puts some above 0.65; the shingle sets do not."""
+    from stillroom.tasks.minhash import MinHasher, NearDupIndex
+
+    rng = random.Random(0)
+    pairs = []
+    for seed in range(80):
+        words = paragraph(100 + seed, words=150).split()
+        step = rng.randint(16, 24)
+        for i in range(rng.randrange(step), len(words), step):
+            words[i] = f"slot{seed}x{i}"
+        pairs.append((paragraph(100 + seed, words=150), " ".join(words)))
+    index = NearDupIndex(MinHasher())
+    found = index.add([f"{i}{side}" for i in range(len(pairs)) for side in "ab"],
+                      [text for pair in pairs for text in pair])
+    close = [word_jaccard(a, b) for a, b in pairs]
+    assert sum(0.55 <= j < 0.65 for j in close) >= 40  # the corpus is what it claims
+    judged = list(zip(close, found[1::2], strict=True))
+    assert [j for j, match in judged if match is not None and j < 0.65] == []  # none merged
+    assert [j for j, match in judged if match is None and j >= 0.65] == []  # none missed
+    assert all(match[1] == pytest.approx(j) for j, match in judged if match is not None)
+
+
+def test_a_batch_of_fewer_words_than_one_shingle_gets_signatures() -> None:
+    from stillroom.tasks.minhash import MinHasher, estimated_jaccard
+
+    hasher = MinHasher()
+    alone, = hasher.signatures(["Hi there!"])  # 2 words, 5-word shingles, nothing else
+    again, other = hasher.signatures(["hi THERE", "Bye now"])
+    assert estimated_jaccard(alone, again)[0] == 1.0 and estimated_jaccard(alone, other)[0] < 0.1
 
 
 def test_content_check_separates_template_fills() -> None:

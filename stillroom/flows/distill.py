@@ -74,6 +74,7 @@ def refresh_dataset(teacher: str, prompts: str = DEMO_PROMPTS, max_tokens: int =
     `curation` is a curation config YAML (filters and dedupe stages); default: built in.
     """
     config = load_config(curation).pinned(Catalog().ensure())
+    datasets.check_teacher_cut(config, teacher)  # before any teacher call, not after
     sampling = {"max_tokens": max_tokens, "stop": tuple(stop if stop is not None else ["\n"]),
                 "logprobs_k": logprobs_k, "seed": seed, "temperature": temperature,
                 "top_p": top_p}

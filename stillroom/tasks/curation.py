@@ -4,6 +4,7 @@
       verifier: {}
       length: {max_chars: 4000}
     dedupe:               # run as exact -> near -> semantic, whichever are named
+      scope: teacher      # or `all`: compare rows across teachers (see stillroom.tasks.dedupe)
       exact: {}
       near: {threshold: 0.7}
 
@@ -21,8 +22,8 @@ import yaml
 
 from stillroom.catalog import Catalog
 from stillroom.errors import StillroomError
-from stillroom.hashing import content_hash
 from stillroom.tasks import dedupe, filters
+from stillroom.tasks.dedupe import DEFAULT_SCOPE
 
 Stages = dict[str, dict[str, Any]]
 
@@ -31,12 +32,15 @@ Stages = dict[str, dict[str, Any]]
 class CurationConfig:
     filters: Stages = field(default_factory=lambda: dict(filters.DEFAULT_FILTERS))
     dedupe: Stages = field(default_factory=lambda: dict(dedupe.DEFAULT_DEDUPE))
+    dedupe_scope: str = DEFAULT_SCOPE
 
     @property
     def hashes(self) -> dict[str, str]:
-        """`fhash` keys filter verdicts; `dhash` keys dedupe verdicts (they depend on both)."""
+        """`fhash` is the last filter's verdict key, `dhash` the last dedupe stage's (each
+        covers everything before it)."""
         fhash = filters.config_hash(self.filters)
-        return {"fhash": fhash, "dhash": content_hash("dedupe", fhash, self.dedupe)}
+        return {"fhash": fhash,
+                "dhash": dedupe.config_hash(fhash, self.dedupe, self.dedupe_scope)}
 
     @property
     def pool(self) -> dict[str, str | None]:
@@ -64,10 +68,12 @@ class CurationConfig:
                                       "decontaminate": {**params, "against": against}})
 
     def as_dict(self) -> dict[str, Any]:
-        return {"filters": self.filters, "dedupe": self.dedupe, **self.hashes}
+        return {"filters": self.filters, "dedupe": self.dedupe,
+                "dedupe_scope": self.dedupe_scope, **self.hashes}
 
     def validate(self) -> CurationConfig:
         filters.build(self.filters)
+        dedupe.check_scope(self.dedupe_scope)
         dedupe.build(self.dedupe)
         return self
 
@@ -77,7 +83,7 @@ def curate(catalog: Catalog, config: CurationConfig, run_id: str) -> dict[str, A
     config = config.pinned(catalog)
     return {"filters": filters.apply_filters(catalog, config.filters, run_id),
             "dedupe": dedupe.dedupe(catalog, list(config.filters), config.hashes, config.dedupe,
-                                    run_id)}
+                                    run_id, config.dedupe_scope)}
 
 
 def load_config(path: Path | str | None) -> CurationConfig:
@@ -104,14 +110,18 @@ def load_config(path: Path | str | None) -> CurationConfig:
         raise StillroomError(f"unknown key {key!r}; expected 'filters' and/or 'dedupe'",
                              where=f"{path}:{lines.get(key, 1)}")
     sections = {}
+    scope = DEFAULT_SCOPE
     for section in ("filters", "dedupe"):
         value = spec.get(section) or {}
+        if section == "dedupe" and isinstance(value, dict) and "scope" in value:
+            value = dict(value)
+            scope = value.pop("scope")
         if not isinstance(value, dict) or not all(isinstance(p, dict | None) for p in
                                                    value.values()):
             raise StillroomError(f"'{section}' must map names to parameter mappings",
                                  where=f"{path}:{lines.get(section, 1)}")
         sections[section] = {name: dict(params or {}) for name, params in value.items()}
-    config = CurationConfig(sections["filters"], sections["dedupe"])
+    config = CurationConfig(sections["filters"], sections["dedupe"], str(scope))
     try:
         return config.validate()
     except StillroomError as exc:  # `where` is e.g. "filters.length": point at its line

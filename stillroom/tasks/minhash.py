@@ -11,12 +11,13 @@ Defaults: 5-word shingles as in datatrove, but 20 bands x 5 rows (100
 permutations) instead of its 14 x 8. A pair becomes a candidate when all rows of
 some band agree, with probability 1 - (1 - J^5)^20: 0.50 at Jaccard J = 0.55,
 0.88 at 0.65, 0.99 at 0.75, and 1e-5 at J = 0.1 (unrelated text sharing a
-boilerplate sentence). A candidate is confirmed when the fraction of equal
-signature rows (an unbiased Jaccard estimate) reaches `threshold`, 0.65. On
-bench/dedupe.py's planted variants (one or two of: ~2% of words edited, adjacent
-sentences swapped, case and whitespace noise, 5-15% truncated) 5% of pairs fall
-below J = 0.7; 14 x 8 found 91% of them, 20 x 5 at 0.65 finds 98%, with no false
-positives.
+boilerplate sentence). A candidate is confirmed when the Jaccard similarity of the
+two documents' shingle sets (64-bit shingle hashes: exact up to hash collisions)
+reaches `threshold`, 0.65. The signature estimate is not used for that: over 100
+permutations its standard deviation is ~0.05 near J = 0.6, so a fifth of template-alike
+pairs at J = 0.60-0.65 (bench/dedupe.py's hard negatives) would pass. On bench/dedupe.py's
+planted variants (one or two of: ~2% of words edited, adjacent sentences swapped,
+case and whitespace noise, 5-15% truncated) 5% of pairs fall below J = 0.7.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ _SEPARATOR = "\x1e"  # ASCII record separator: splits texts inside one joined ba
 SENTENCE_PUNCTUATION = ".,;:!?\"'`"
 _PUNCTUATION = bytes.maketrans(SENTENCE_PUNCTUATION.encode(), b" " * len(SENTENCE_PUNCTUATION))
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant that spreads word hashes
+# Bump whenever normalisation, word splitting, word hashing, shingle mixing or the
+# permutations change: it is part of every persisted signature's key.
+SHINGLING_VERSION = 2
 _CHUNK_SHINGLES = 4_000  # (shingles x permutations) block small enough to stay in cache
 
 
@@ -58,8 +62,10 @@ class MinHashParams:
 
     @property
     def signature_hash(self) -> str:
-        """What a persisted signature depends on (the threshold does not change it)."""
-        return content_hash("minhash", self.ngram, self.bands, self.rows, self.seed)
+        """What a signature of a given text depends on: the shingling rules (their version
+        and the punctuation they blank) and the parameters, but not the threshold."""
+        return content_hash("minhash", SHINGLING_VERSION, SENTENCE_PUNCTUATION, self.ngram,
+                            self.bands, self.rows, self.seed)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -100,12 +106,15 @@ class MinHasher:
 
     def signatures(self, texts: Sequence[str]) -> np.ndarray:
         """An (n_texts, num_perm) uint32 array of MinHash signatures."""
-        out = np.empty((len(texts), self.params.num_perm), dtype=np.uint32)
-        shingles, counts = self.shingles(texts)
+        return self.signatures_of(*self.shingles(texts))
+
+    def signatures_of(self, shingles: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Signatures from `shingles`' output (flat hashes, how many belong to each text)."""
+        out = np.empty((len(counts), self.params.num_perm), dtype=np.uint32)
         ends = np.cumsum(counts)
         buffer = np.empty((_CHUNK_SHINGLES, self.params.num_perm), dtype=np.uint64)
         doc = 0
-        while doc < len(texts):
+        while doc < len(counts):
             first = ends[doc] - counts[doc]
             last_doc = max(doc + 1, int(np.searchsorted(ends, first + _CHUNK_SHINGLES, "right")))
             stop = ends[last_doc - 1]
@@ -150,6 +159,8 @@ def _word_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
 
 def _mix(words: np.ndarray, n: int) -> np.ndarray:
     """Order-sensitive hashes of every run of n consecutive word hashes."""
+    if len(words) < n:  # a batch of fewer than n words in all has no run of n
+        return np.zeros(0, dtype=np.uint64)
     mixed = np.zeros(len(words) - n + 1, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for offset in range(n):
@@ -162,11 +173,23 @@ def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (np.atleast_2d(b) == a).mean(axis=1)
 
 
+def per_text(shingles: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
+    """`shingles`' flat output split into one array per text (views, no copies)."""
+    return np.split(shingles, np.cumsum(counts)[:-1]) if len(counts) else []
+
+
+def shingle_jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Jaccard similarity of two shingle sets, each given as sorted unique hashes."""
+    shared = np.intersect1d(a, b, assume_unique=True).size
+    return shared / (a.size + b.size - shared)
+
+
 class NearDupIndex:
     """Documents seen so far, bucketed by band key; `add` reports each new one's match.
 
     Documents are judged in order: one whose confirmed match is already indexed is
     a near-duplicate and is not indexed itself, so every cluster keeps its first member.
+    LSH bands find the candidates; the shingle sets' Jaccard confirms them.
     Two documents with different non-None labels (say, the reference answers of two
     procedural questions that share a template) are never duplicates.
     """
@@ -174,48 +197,58 @@ class NearDupIndex:
     def __init__(self, hasher: MinHasher) -> None:
         self.hasher = hasher
         self._buckets: dict[int, list[int]] = {}
-        self._signatures: list[np.ndarray] = []
+        self._shingles: list[np.ndarray] = []  # made sorted and unique when first compared
+        self._unique: list[bool] = []
         self._labels: list[str | None] = []
         self.ids: list[str] = []
 
-    def insert(self, doc_id: str, signature: np.ndarray, keys: Iterable[int],
+    def insert(self, doc_id: str, shingles: np.ndarray, keys: Iterable[int],
                label: str | None = None) -> None:
         index = len(self.ids)
         self.ids.append(doc_id)
-        self._signatures.append(signature)
+        self._shingles.append(shingles)
+        self._unique.append(False)
         self._labels.append(label)
         for key in keys:
             self._buckets.setdefault(key, []).append(index)
 
-    def match(self, signature: np.ndarray, keys: Iterable[int],
+    def _shingle_set(self, index: int) -> np.ndarray:
+        if not self._unique[index]:
+            self._shingles[index] = np.unique(self._shingles[index])
+            self._unique[index] = True
+        return self._shingles[index]
+
+    def match(self, shingles: np.ndarray, keys: Iterable[int],
               label: str | None = None) -> tuple[str, float] | None:
-        """The most similar indexed document at or above the threshold, if any."""
+        """The most similar candidate at or above the threshold, if any."""
         candidates = {i for key in keys for i in self._buckets.get(key, ())
                       if label is None or self._labels[i] in (None, label)}
         if not candidates:
             return None
-        order = sorted(candidates)
-        scores = estimated_jaccard(signature, np.stack([self._signatures[i] for i in order]))
-        best = int(scores.argmax())
-        if scores[best] >= self.hasher.params.threshold:
-            return self.ids[order[best]], float(scores[best])
+        own = np.unique(shingles)
+        score, best = max((shingle_jaccard(own, self._shingle_set(i)), -i) for i in candidates)
+        if score >= self.hasher.params.threshold:
+            return self.ids[-best], score
         return None
 
     def add(self, doc_ids: Sequence[str], texts: Sequence[str],
             labels: Sequence[str | None] | None = None) -> list[tuple[str, float] | None]:
-        """Judge a batch in order: each entry is (matched id, estimated Jaccard) or None."""
-        signatures = self.hasher.signatures(texts)
-        return self.add_signatures(doc_ids, signatures, labels)
+        """Judge a batch in order: each entry is (matched id, Jaccard) or None."""
+        shingles, counts = self.hasher.shingles(texts)
+        signatures = self.hasher.signatures_of(shingles, counts)
+        return self.add_signatures(doc_ids, signatures, per_text(shingles, counts), labels)
 
     def add_signatures(self, doc_ids: Sequence[str], signatures: np.ndarray,
+                       shingles: Sequence[np.ndarray],
                        labels: Sequence[str | None] | None = None
                        ) -> list[tuple[str, float] | None]:
+        """`add` for documents whose signatures and per-text shingles are at hand."""
         keys = self.hasher.band_keys(signatures).tolist()
         results = []
         for i, doc_id in enumerate(doc_ids):
             label = labels[i] if labels is not None else None
-            found = self.match(signatures[i], keys[i], label)
+            found = self.match(shingles[i], keys[i], label)
             if found is None:
-                self.insert(doc_id, signatures[i], keys[i], label)
+                self.insert(doc_id, shingles[i], keys[i], label)
             results.append(found)
         return results
