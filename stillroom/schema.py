@@ -228,6 +228,17 @@ MIGRATIONS: list[tuple[int, str]] = [
         DELETE FROM minhash_signatures;
         """,
     ),
+    (
+        5,
+        """
+        -- False where a backend could not get the sampled ids from the server and
+        -- re-tokenised the text (a plain OpenAI-compatible server); earlier rows all came
+        -- with the engine's own ids.
+        ALTER TABLE responses ADD COLUMN token_ids_exact BOOLEAN DEFAULT true;
+        COMMENT ON COLUMN responses.latency_s IS
+            'seconds from this request''s submission to its completion (see its backend)';
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

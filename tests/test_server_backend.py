@@ -28,5 +28,7 @@ def test_cli_backend_starts_and_stops_its_own_vllm_server(tiny_model: Path,
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["responses_stored"] == 3 and summary["failed"] == 0
-    assert "api_server" not in subprocess.run(["ps", "-eo", "args"], capture_output=True,
-                                               text=True).stdout  # stopped with the run
+    servers = [line for line in subprocess.run(["ps", "-eo", "args"], capture_output=True,
+                                               text=True).stdout.splitlines()
+               if "api_server" in line and str(tiny_model) in line]  # not other sessions'
+    assert not servers  # stopped with the run

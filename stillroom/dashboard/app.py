@@ -73,8 +73,10 @@ def browse(catalog: Catalog) -> None:
 
 def inspect(catalog: Catalog, response_id: str) -> None:
     detail = queries.response_detail(catalog, response_id)
+    latency = detail["latency_s"]
     st.markdown(f"**Teacher** {detail['teacher']} · license `{detail['license']}` · revision "
-                f"`{detail['revision'] or 'unpinned'}` · batch latency {detail['latency_s']:.2f}s")
+                f"`{detail['revision'] or 'unpinned'}` · request latency (submitted to "
+                f"completed) {f'{latency:.2f}s' if latency is not None else 'not recorded'}")
     left, right = st.columns(2)
     left.text_area("Prompt as sent", detail["prompt"], height=220, disabled=True)
     right.text_area("Response", detail["text"], height=220, disabled=True)

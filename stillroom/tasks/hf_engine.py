@@ -39,8 +39,15 @@ class TransformersEngine(Engine):
 
     def stream(self, rendered: list[str],
                sampling: SamplingConfig) -> Iterator[tuple[int, list[Completion]]]:
+        """Fixed batches: every request of a batch is submitted and completed with it, so
+        each one's latency is its batch's `generate` time."""
         for start in range(0, len(rendered), self.batch_size):
+            started = time.monotonic()
             batch = self._batch(rendered[start:start + self.batch_size], sampling)
+            latency = time.monotonic() - started
+            for samples in batch:
+                for completion in samples:
+                    completion.latency_s = latency
             yield from enumerate(batch, start=start)
 
     @torch.inference_mode()

@@ -1,10 +1,16 @@
 """OpenAI-compatible HTTP endpoints as a teacher backend: a vLLM server Stillroom starts
 itself, or external endpoints by URL.
 
+Each endpoint is probed once before the run with a one-token request: a vLLM server
+returns exact token ids (its `return_tokens_as_token_ids` extension); a plain OpenAI server
+refuses or ignores that field and its token strings are mapped back to ids (see
+`token_map`); a server that cannot give the asked top-k stops the run with one error.
 Requests run concurrently (a limit per endpoint), spread over the endpoints, and are
 retried with exponential backoff on 429, 5xx, timeouts, broken connections and truncated
 bodies. A request that still fails is reported with its reason, never silently dropped.
-API keys come from the environment and are sent only as an Authorization header.
+Its latency runs from its first attempt being sent to the answer, retries and their
+backoff included. API keys come from the environment and are sent only as an
+Authorization header.
 """
 
 from __future__ import annotations
@@ -38,9 +44,12 @@ from stillroom.tasks.engine import (
     SamplingConfig,
     context_length,
 )
+from stillroom.tasks.token_map import TokenMap
 
 log = logging.getLogger(__name__)
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+VLLM_IDS = "return_tokens_as_token_ids"  # vLLM's extension: tokens as "token_id:123"
+OPENAI_MAX_LOGPROBS = 5
 
 
 class RetryableError(Exception):
@@ -52,6 +61,7 @@ class Endpoint:
     url: str
     semaphore: asyncio.Semaphore | None = None
     in_flight: int = 0
+    token_ids: bool = True  # whether the server answers with exact ids (vLLM extension)
 
 
 class OpenAIEngine(Engine):
@@ -76,6 +86,8 @@ class OpenAIEngine(Engine):
                                  where="--api-key-env")
         self.retries = 0
         self._on_close = on_close
+        self._probed: dict[tuple[str, int], bool] = {}  # (url, k) -> server gives exact ids
+        self._token_map: TokenMap | None = None
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model, revision=revision)
         except OSError as exc:
@@ -87,10 +99,13 @@ class OpenAIEngine(Engine):
         """Results as requests finish; the event loop runs in a thread so callers stay sync."""
         results: queue.Queue = queue.Queue()
         done = object()
+        error: list[BaseException] = []
 
         def run() -> None:
             try:
                 asyncio.run(self._run_all(rendered, sampling, results))
+            except BaseException as exc:  # re-raised in the caller's thread, not lost here
+                error.append(exc)
             finally:
                 results.put(done)
 
@@ -99,6 +114,8 @@ class OpenAIEngine(Engine):
         while (item := results.get()) is not done:
             yield item
         worker.join()
+        if error:
+            raise error[0]
 
     async def _run_all(self, rendered: list[str], sampling: SamplingConfig,
                        results: queue.Queue) -> None:
@@ -107,26 +124,104 @@ class OpenAIEngine(Engine):
         limits = httpx.Limits(max_connections=self.concurrency * len(endpoints))
         async with httpx.AsyncClient(timeout=self.timeout, headers=headers,
                                      limits=limits) as client:
+            if rendered:
+                await asyncio.gather(*(self._probe(client, e, rendered[0], sampling)
+                                       for e in endpoints))
+
             async def one(index: int, prompt: str) -> None:
                 results.put((index, await self._request(client, endpoints, prompt, sampling)))
 
             await asyncio.gather(*(one(i, p) for i, p in enumerate(rendered)))
 
-    async def _request(self, client: httpx.AsyncClient, endpoints: list[Endpoint], prompt: str,
-                       sampling: SamplingConfig) -> list[Completion] | RequestFailure:
+    def _body(self, prompt: str, sampling: SamplingConfig, token_ids: bool) -> dict[str, Any]:
         body = {"model": self.served_model, "prompt": prompt, "n": sampling.n,
                 "max_tokens": sampling.max_tokens, "temperature": sampling.temperature,
                 "top_p": sampling.top_p, "seed": sampling.seed,
-                "stop": list(sampling.stop) or None, "logprobs": sampling.logprobs_k or 1,
-                "return_tokens_as_token_ids": True}
+                "stop": list(sampling.stop) or None, "logprobs": sampling.logprobs_k or 1}
+        return {**body, VLLM_IDS: True} if token_ids else body
+
+    async def _probe(self, client: httpx.AsyncClient, endpoint: Endpoint, prompt: str,
+                     sampling: SamplingConfig) -> None:
+        """Once per endpoint and k: one token with the run's logprobs, first with vLLM's
+        exact-ids extension, then (refused) without; a server that gives neither stops the
+        run here with its own reason instead of failing every request after retries."""
+        key = (endpoint.url, sampling.logprobs_k)
+        if key not in self._probed:
+            one_token = SamplingConfig(max_tokens=1, seed=sampling.seed,
+                                       logprobs_k=sampling.logprobs_k)
+            response = await self._probe_post(client, endpoint.url,
+                                              self._body(prompt, one_token, True))
+            if 400 <= response.status_code < 500:  # e.g. a strict server: unknown field
+                response = await self._probe_post(client, endpoint.url,
+                                                  self._body(prompt, one_token, False))
+            self._probed[key] = self._check_probe(endpoint.url, response, sampling.logprobs_k)
+            log.info("%s answers with %s", endpoint.url, "exact token ids"
+                     if self._probed[key] else "token strings (mapped back to ids)")
+        endpoint.token_ids = self._probed[key]
+
+    async def _probe_post(self, client: httpx.AsyncClient, url: str,
+                          body: dict[str, Any]) -> httpx.Response:
+        """The probe's POST, retried like any request (at least 3 times) on transient faults:
+        429, 5xx, timeouts, broken connections and bodies that are not JSON."""
+        attempts = max(self.max_retries, 3) + 1
+        for attempt in range(attempts):
+            try:
+                response = await client.post(f"{url}/v1/completions", json=body)
+                if response.status_code in RETRYABLE_STATUS:
+                    raise RetryableError(f"HTTP {response.status_code}")
+                if response.status_code == 200:
+                    try:
+                        response.json()
+                    except json.JSONDecodeError as exc:
+                        raise RetryableError("malformed body (JSONDecodeError)") from exc
+                return response
+            except (RetryableError, httpx.TimeoutException, httpx.TransportError) as exc:
+                reason = f"{type(exc).__name__}: {exc}"[:300]
+            if attempt + 1 < attempts:
+                self.retries += 1
+                await asyncio.sleep(min(10.0, self.backoff * 2 ** attempt))
+        raise StillroomError(f"no answer to a one-token probe after {attempts} attempts "
+                             f"({reason})", where=url)
+
+    def _check_probe(self, url: str, response: httpx.Response, k: int) -> bool:
+        """True where the probe's answer carries exact ids; a StillroomError where the server
+        refuses the request or cannot give `k` logprobs per token."""
+        if response.status_code != 200:
+            hint = (f"; OpenAI's API allows at most {OPENAI_MAX_LOGPROBS}: lower --logprobs-k"
+                    if k > OPENAI_MAX_LOGPROBS else "")
+            raise StillroomError(f"the server refuses the run's requests (logprobs={k}): HTTP "
+                                 f"{response.status_code}: {response.text[:300]}{hint}",
+                                 where=url)
+        try:
+            logprobs = response.json()["choices"][0]["logprobs"]
+            tokens, top = logprobs["tokens"], logprobs.get("top_logprobs") or []
+        except (json.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
+            raise StillroomError("the server's answer carries no per-token logprobs "
+                                 f"({type(exc).__name__}: {exc})", where=url) from exc
+        widths = [len(step or {}) for step in top]
+        if k and (len(widths) < len(tokens) or min(widths, default=0) < k):
+            raise StillroomError(f"asked for the top {k} logprobs per token, the server gave "
+                                 f"{min(widths, default=0)}: lower --logprobs-k", where=url)
+        return all(str(t).startswith("token_id:") for t in tokens)
+
+    async def _request(self, client: httpx.AsyncClient, endpoints: list[Endpoint], prompt: str,
+                       sampling: SamplingConfig) -> list[Completion] | RequestFailure:
         reason = ""
+        sent = 0.0
         for attempt in range(self.max_retries + 1):
             endpoint = min(endpoints, key=lambda e: (e.in_flight, random.random()))
             async with endpoint.semaphore:
+                if attempt == 0:  # the first send: latency includes every retry and backoff
+                    sent = time.monotonic()
                 endpoint.in_flight += 1
                 try:
-                    response = await client.post(f"{endpoint.url}/v1/completions", json=body)
-                    return self._parse(response, sampling)
+                    response = await client.post(
+                        f"{endpoint.url}/v1/completions",
+                        json=self._body(prompt, sampling, endpoint.token_ids))
+                    completions = self._parse(response, sampling, endpoint.token_ids)
+                    for completion in completions:
+                        completion.latency_s = time.monotonic() - sent
+                    return completions
                 except (RetryableError, httpx.TimeoutException, httpx.TransportError) as exc:
                     reason = f"{type(exc).__name__}: {exc}"[:300] or type(exc).__name__
                 except StillroomError as exc:  # a request the server will never accept
@@ -139,7 +234,8 @@ class OpenAIEngine(Engine):
                                     * random.uniform(0.5, 1.5))
         return RequestFailure(reason, self.max_retries + 1)
 
-    def _parse(self, response: httpx.Response, sampling: SamplingConfig) -> list[Completion]:
+    def _parse(self, response: httpx.Response, sampling: SamplingConfig,
+               token_ids: bool) -> list[Completion]:
         if response.status_code in RETRYABLE_STATUS:
             raise RetryableError(f"HTTP {response.status_code}")
         if response.status_code != 200:
@@ -148,9 +244,39 @@ class OpenAIEngine(Engine):
             payload = response.json()
             prompt_tokens = payload["usage"]["prompt_tokens"]
             choices = sorted(payload["choices"], key=lambda c: c["index"])
-            return [_completion(c, prompt_tokens, sampling.logprobs_k) for c in choices]
+            if token_ids:
+                return [_completion(c, prompt_tokens, sampling.logprobs_k) for c in choices]
+            return [self._mapped_completion(c, prompt_tokens, sampling.logprobs_k)
+                    for c in choices]
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise RetryableError(f"malformed body ({type(exc).__name__})") from exc
+
+    def _mapped_completion(self, choice: dict[str, Any], prompt_tokens: int,
+                           k: int) -> Completion:
+        """A plain server's choice: ids from its token strings where each names one token of
+        the teacher's vocabulary, else the text re-tokenised (inexact, without soft labels,
+        whose steps would no longer line up with the ids)."""
+        if self._token_map is None:
+            self._token_map = TokenMap(self.tokenizer)
+        logprobs = choice["logprobs"]
+        token_ids = self._token_map.ids(logprobs["tokens"])
+        topk_ids: list[list[int]] = []
+        topk_logprobs: list[list[float]] = []
+        if token_ids is not None and k:
+            for step in logprobs["top_logprobs"]:
+                ranked = sorted(step.items(), key=lambda item: -item[1])[:k]
+                ids = self._token_map.ids([t for t, _ in ranked])
+                if ids is None or len(ids) < k:
+                    topk_ids, topk_logprobs = [], []
+                    break
+                topk_ids.append(ids)
+                topk_logprobs.append([float(lp) for _, lp in ranked])
+        exact = token_ids is not None
+        if token_ids is None:
+            token_ids = self.tokenizer.encode(choice["text"], add_special_tokens=False)
+        return Completion(text=choice["text"], token_ids=token_ids, prompt_tokens=prompt_tokens,
+                          finish_reason=choice["finish_reason"], topk_ids=topk_ids,
+                          topk_logprobs=topk_logprobs, token_ids_exact=exact)
 
     def close(self) -> None:
         if self._on_close is not None:
