@@ -102,3 +102,45 @@ def test_unknown_format_writes_nothing(catalog: Catalog, version: str, tmp_path:
     with pytest.raises(StillroomError, match="unknown format 'csv'"):
         datasets.export(catalog, version, tmp_path / "out", "csv")
     assert not (tmp_path / "out").exists()
+
+
+
+def _snapshot(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "hf"])
+def test_a_failed_export_leaves_the_previous_one_whole(catalog: Catalog, version: str,
+                                                       tmp_path: Path, fmt: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer dies after writing part of its output: the previous export stays byte for
+    byte, and nothing half-written is left beside it."""
+    import datasets as hf_datasets
+
+    out = tmp_path / "out"
+    datasets.export(catalog, version, out, fmt)
+    before = _snapshot(out)
+
+    def half_then_fail(path: str) -> None:
+        target = Path(path) / "data-00000-of-00001.arrow" if fmt == "hf" else Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("half")
+        raise OSError("disk full")
+
+    if fmt == "jsonl":
+        real_dumps, calls = json.dumps, []
+
+        def dumps(*args, **kwargs):
+            calls.append(1)
+            if len(calls) > 1:
+                raise OSError("disk full")
+            return real_dumps(*args, **kwargs)
+        monkeypatch.setattr(datasets.json, "dumps", dumps)
+    else:
+        method = "to_parquet" if fmt == "parquet" else "save_to_disk"
+        monkeypatch.setattr(hf_datasets.Dataset, method,
+                            lambda self, path, *a, **k: half_then_fail(path))
+    with pytest.raises(OSError, match="disk full"):
+        datasets.export(catalog, version, out, fmt)
+    assert _snapshot(out) == before

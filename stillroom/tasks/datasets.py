@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -175,18 +178,36 @@ def export(catalog: Catalog, dataset_id: str, out: Path, fmt: str = "jsonl") -> 
                              where="--format")
     data = load(catalog, dataset_id).rename_column("prompt", "rendered_prompt")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "manifest.json").write_text(json.dumps(manifest(catalog, dataset_id), indent=2))
     if fmt == "hf":
-        data.save_to_disk(str(out / "hf"))
-        return out / "hf"
-    if fmt == "parquet":
-        data.to_parquet(str(out / "data.parquet"))
-        return out / "data.parquet"
-    path = out / "data.jsonl"
-    with path.open("w", encoding="utf-8") as f:
-        for row in data.select_columns(list(JSONL_COLUMNS)):
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        path = _publish(out, "hf", lambda staging: data.save_to_disk(str(staging)))
+    elif fmt == "parquet":
+        path = _publish(out, "data.parquet", lambda staging: data.to_parquet(str(staging)))
+    else:
+        def write_jsonl(staging: Path) -> None:
+            with staging.open("w", encoding="utf-8") as f:
+                for row in data.select_columns(list(JSONL_COLUMNS)):
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        path = _publish(out, "data.jsonl", write_jsonl)
+    text = json.dumps(manifest(catalog, dataset_id), indent=2)
+    _publish(out, "manifest.json", lambda staging: staging.write_text(text))
     return path
+
+
+def _publish(out: Path, name: str, write: Callable[[Path], Any]) -> Path:
+    """Write `out/name` under a temporary name beside it, then rename it into place: an
+    export that fails or is killed part-way leaves the previous file or none, never half."""
+    final, staging = out / name, out / f".{name}.partial-{os.getpid()}"
+    try:
+        write(staging)
+        if final.is_dir():  # a directory (hf) cannot be renamed over a non-empty one
+            shutil.rmtree(final)
+        os.replace(staging, final)
+    finally:
+        if staging.is_dir():
+            shutil.rmtree(staging)
+        elif staging.exists():
+            staging.unlink()
+    return final
 
 
 def diff(catalog: Catalog, a: str, b: str, examples: int = 5) -> dict[str, Any]:
