@@ -204,7 +204,7 @@ def snapshot(root: Path) -> dict[str, int]:
             if p.is_file() and p.name != "catalog.lock"}
 
 
-@pytest.mark.parametrize("argv, message", CASES, ids=[" ".join(a)[:60] for a, _ in CASES])
+@pytest.mark.parametrize("argv, message", CASES, ids=[" ".join(a) for a, _ in CASES])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(
         workspace: Path, tiny_model: Path, argv: list[str], message: str,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
