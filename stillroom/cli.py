@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import re
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from stillroom import settings
+from stillroom import inputs, settings
 from stillroom.catalog import Catalog
 from stillroom.errors import StillroomError
 
@@ -92,7 +95,10 @@ def cmd_dataset(args: argparse.Namespace) -> dict[str, Any] | None:
     if args.action == "cut":
         from stillroom.flows.distill import cut_dataset, diversity_report, filter_and_dedupe
         from stillroom.tasks.curation import load_config
+        from stillroom.tasks.teachers import get_teacher
 
+        if args.teacher:  # an unknown teacher fails before any filter runs
+            get_teacher(catalog, args.teacher)
         config = load_config(args.config).pinned(catalog)
         datasets.check_teacher_cut(config, args.teacher)
         judged = filter_and_dedupe.fn(config)
@@ -165,8 +171,109 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     return run_demo(student_layers=args.layers, epochs=args.epochs)
 
 
+def fail(where: str, what: str) -> NoReturn:
+    """The one line every bad input ends with, then exit code 2."""
+    print(" ".join(f"stillroom: error: {where}: {what}".splitlines()), file=sys.stderr,
+          flush=True)
+    sys.exit(2)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one `stillroom: error: WHERE: WHAT` line instead of a usage
+    block, and which runs each command's cross-argument `check` before anything is loaded."""
+
+    def error(self, message: str) -> NoReturn:
+        flag = re.fullmatch(r"argument ([^:]+): (.*)", message, flags=re.DOTALL)
+        where, what = flag.groups() if flag else (self.prog, message)
+        fail(where, f"{what} (see `{self.prog} --help`)")
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:
+        parsed = super().parse_args(args, namespace)
+        try:
+            getattr(parsed, "check", lambda _: None)(parsed)
+        except StillroomError as exc:
+            fail(exc.where or parsed.command, exc.message)
+        return parsed
+
+
+def _typed(parse: Callable[[str], Any], check: Callable[..., Any],
+           **bounds: Any) -> Callable[[str], Any]:
+    """An argparse `type`: parse the text, then check the value with a `stillroom.inputs`
+    function (the same checks the flows and YAML loaders use)."""
+    kind = "an integer" if parse is int else "a number"
+
+    def convert(text: str) -> Any:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
+        try:
+            return check(value, "", **bounds)
+        except StillroomError as exc:
+            raise argparse.ArgumentTypeError(exc.message) from None
+
+    return convert
+
+
+COUNT = _typed(int, inputs.whole_number, minimum=1)
+SEED = _typed(int, inputs.whole_number, minimum=0)
+PORT = _typed(int, inputs.whole_number, minimum=1, maximum=65535)
+PRICE = _typed(float, inputs.real_number, minimum=0)
+POSITIVE = _typed(float, inputs.real_number, positive=True)
+FRACTION = _typed(float, inputs.real_number, minimum=0, maximum=1)
+NAME = _typed(str, inputs.name)
+REF = _typed(str, inputs.reference)
+URL = _typed(str, inputs.endpoint_url)
+ENV = _typed(str, inputs.env_name)
+TEXT = _typed(str, inputs.text)
+WORD = _typed(str, inputs.word)
+
+
+def _no_file_above(path: Path, text: str) -> Path:
+    if any(parent.exists() and not parent.is_dir() for parent in path.parents):
+        raise argparse.ArgumentTypeError(f"{text!r}: a parent is a file, not a directory")
+    return path
+
+
+def _output_file(text: str) -> Path:
+    """A file to write: not a directory, and not under something that is a file."""
+    path = Path(text)
+    if not text:
+        raise argparse.ArgumentTypeError("give a file path")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory; give a file path")
+    return _no_file_above(path, text)
+
+
+def _output_dir(text: str) -> Path:
+    """A directory to write into: absent (it is created) or a directory."""
+    path = Path(text)
+    if not text:
+        raise argparse.ArgumentTypeError("give a directory path")
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} exists and is not a directory")
+    return _no_file_above(path, text)
+
+
+def _check_generate(args: argparse.Namespace) -> None:
+    """Backend options that only make sense together; checked before prompts are stored."""
+    if args.backend == "openai" and not args.endpoint:
+        raise StillroomError("--backend openai needs at least one --endpoint URL",
+                             where="--endpoint")
+    if args.endpoint and args.backend != "openai":
+        raise StillroomError(f"only --backend openai uses endpoints, not {args.backend}",
+                             where="--endpoint")
+    if args.api_key_env:
+        if args.backend not in ("openai", "vllm-server"):
+            raise StillroomError(f"--backend {args.backend} sends no HTTP requests",
+                                 where="--api-key-env")
+        if not os.environ.get(args.api_key_env):
+            raise StillroomError(f"environment variable {args.api_key_env} is not set",
+                                 where="--api-key-env")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="stillroom", description="Distil licensed teachers into small students, with "
         f"provenance on every row. State lives in ${settings.HOME_ENV} (default ./.stillroom).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -174,118 +281,131 @@ def build_parser() -> argparse.ArgumentParser:
     teacher = sub.add_parser("teacher", help="register, list, show and grant teachers")
     tsub = teacher.add_subparsers(dest="action", required=True, metavar="ACTION")
     add = tsub.add_parser("add", help="register a teacher (emits stillroom.teacher.registered)")
-    add.add_argument("name")
+    add.add_argument("name", type=NAME)
     add.add_argument("--model", required=True, help="local checkpoint path or hub id (org/name)")
     add.add_argument("--license", required=True, help="license id from the policy table")
-    add.add_argument("--revision", help="hub revision (commit, tag or branch) to pin")
+    add.add_argument("--revision", type=WORD, help="hub revision (commit, tag or branch) to pin")
     price = add.add_mutually_exclusive_group()
-    price.add_argument("--gpu-hour-price", type=float, help="USD per GPU-hour of serving")
-    price.add_argument("--price-per-1m-tokens", type=float, help="USD per 1M output tokens")
+    price.add_argument("--gpu-hour-price", type=PRICE, help="USD per GPU-hour of serving (>= 0)")
+    price.add_argument("--price-per-1m-tokens", type=PRICE,
+                       help="USD per 1M output tokens (>= 0)")
     tsub.add_parser("list", help="registered teachers")
     show = tsub.add_parser("show", help="a teacher, its license terms and grants")
-    show.add_argument("name")
+    show.add_argument("name", type=REF)
     grant = tsub.add_parser("grant", help="record a permission that lifts the license gate")
-    grant.add_argument("name")
+    grant.add_argument("name", type=REF)
     grant.add_argument("--reference", required=True, help="where the permission is written down")
     teacher.set_defaults(func=cmd_teacher)
 
     gen = sub.add_parser("generate", help="query a teacher for every prompt not answered yet")
-    gen.add_argument("--teacher", required=True)
+    gen.add_argument("--teacher", required=True, type=REF)
     gen.add_argument("--prompts", required=True,
                      help="prompt file (.yaml grid/reasoning_gym, .jsonl seeds) or "
                           "reasoning_gym:TASK[:SIZE[:SEED]]")
     gen.add_argument("--on-bad-seed", choices=["refuse", "report"], default="refuse",
                      help="a seed row that cannot be used stops the run (refuse), or is set "
                           "aside in the catalog's rejected_seeds with its reason (report)")
-    gen.add_argument("--max-tokens", type=int, default=64)
-    gen.add_argument("--n", type=int, default=1, help="samples per prompt")
-    gen.add_argument("--temperature", type=float, default=0.0)
-    gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable)")
-    gen.add_argument("--logprobs-k", type=int, default=20, help="top-k logprobs kept per token")
-    gen.add_argument("--batch-size", type=int, default=64, help="requests per committed batch")
+    gen.add_argument("--max-tokens", type=COUNT, default=64, help="(>= 1)")
+    gen.add_argument("--n", type=COUNT, default=1, help="samples per prompt (>= 1)")
+    gen.add_argument("--temperature", type=_typed(float, inputs.real_number, minimum=0),
+                     default=0.0, help="(>= 0; 0 is greedy)")
+    gen.add_argument("--top-p", type=_typed(float, inputs.real_number, positive=True, maximum=1),
+                     default=1.0, help="(in (0, 1])")
+    gen.add_argument("--seed", type=SEED, default=0, help="(>= 0)")
+    gen.add_argument("--stop", action="append", default=[], type=TEXT,
+                     help="stop sequence (repeatable)")
+    gen.add_argument("--logprobs-k", type=_typed(int, inputs.whole_number, minimum=0,
+                                                 maximum=100),
+                     default=20, help="top-k logprobs kept per token (0-100)")
+    gen.add_argument("--batch-size", type=COUNT, default=64,
+                     help="requests per committed batch (>= 1)")
     gen.add_argument("--backend", choices=["vllm", "transformers", "vllm-server", "openai"],
                      default="vllm",
                      help="offline vLLM engine; transformers where vLLM is missing; a local "
                           "vLLM OpenAI server started here; or OpenAI-compatible --endpoint(s)")
-    gen.add_argument("--endpoint", action="append", default=[],
-                     help="base URL of an OpenAI-compatible server (repeatable: requests are "
-                          "spread over all)")
-    gen.add_argument("--api-key-env", help="environment variable holding the endpoint's key")
+    gen.add_argument("--endpoint", action="append", default=[], type=URL,
+                     help="http(s)://host[:port][/path] of an OpenAI-compatible server, with "
+                          "--backend openai (repeatable: requests are spread over all)")
+    gen.add_argument("--api-key-env", type=ENV,
+                     help="environment variable holding the endpoint's key")
     gen.add_argument("--noncommercial", action="store_true",
                      help="declare non-commercial use (needed for research-only licenses)")
-    gen.set_defaults(func=cmd_generate)
+    gen.set_defaults(func=cmd_generate, check=_check_generate)
 
     exp = sub.add_parser("expand", help="new prompts from a teacher (Self-Instruct, "
                                         "Evol-Instruct), quality-gated, written as JSONL")
-    exp.add_argument("--teacher", required=True)
+    exp.add_argument("--teacher", required=True, type=REF)
     exp.add_argument("--seeds", required=True, help="seed prompts (any --prompts source)")
     exp.add_argument("--method", choices=["evol", "self-instruct"], default="evol")
     exp.add_argument("--operations", type=lambda v: v.split(","),
                      default=["deepen", "constrain", "concretise", "widen"],
                      help="evol operations, comma-separated")
-    exp.add_argument("--count", type=int, default=20, help="self-instruct: new instructions")
-    exp.add_argument("--seed", type=int, default=0, help="self-instruct: example sampling")
+    exp.add_argument("--count", type=COUNT, default=20,
+                     help="self-instruct: new instructions (>= 1)")
+    exp.add_argument("--seed", type=SEED, default=0, help="self-instruct: example sampling")
     exp.add_argument("--on-bad-seed", choices=["refuse", "report"], default="refuse")
-    exp.add_argument("--out", required=True, help="JSONL file of accepted prompts")
+    exp.add_argument("--out", required=True, type=_output_file,
+                     help="JSONL file of accepted prompts")
     exp.set_defaults(func=cmd_expand)
 
     ds = sub.add_parser("dataset", help="cut, list and export dataset versions")
     dsub = ds.add_subparsers(dest="action", required=True, metavar="ACTION")
     cut = dsub.add_parser("cut", help="filter, dedupe and snapshot the kept rows")
-    cut.add_argument("--name", help="a label for the version")
-    cut.add_argument("--teacher", help="only this teacher's rows")
+    cut.add_argument("--name", type=NAME, help="a label for the version")
+    cut.add_argument("--teacher", type=REF, help="only this teacher's rows")
     cut.add_argument("--config", help="curation YAML: filters and dedupe stages "
                                       "(default: every built-in filter, exact+near+semantic)")
     dsub.add_parser("list", help="dataset versions, newest first")
     diff = dsub.add_parser("diff", help="rows, sources, config and teachers changed from A to B")
-    diff.add_argument("a", help="dataset id, id prefix, name, or 'latest'")
-    diff.add_argument("b")
+    diff.add_argument("a", type=REF, help="dataset id, id prefix, name, or 'latest'")
+    diff.add_argument("b", type=REF)
     report = dsub.add_parser("report", help="a version's diversity report")
-    report.add_argument("version", help="dataset id, id prefix, name, or 'latest'")
+    report.add_argument("version", type=REF, help="dataset id, id prefix, name, or 'latest'")
     export = dsub.add_parser("export", help="write a version to disk")
-    export.add_argument("version", help="dataset id, id prefix, name, or 'latest'")
+    export.add_argument("version", type=REF, help="dataset id, id prefix, name, or 'latest'")
     export.add_argument("--format", choices=["jsonl", "parquet", "hf"], default="jsonl")
-    export.add_argument("--out", help="output directory")
+    export.add_argument("--out", type=_output_dir, help="output directory")
     ds.set_defaults(func=cmd_dataset)
 
     train = sub.add_parser("train", help="train a student on a dataset version")
-    train.add_argument("--dataset", required=True, help="dataset id, prefix, name or 'latest'")
-    train.add_argument("--name", required=True, help="the student's name")
-    train.add_argument("--layers", type=int, default=4, help="teacher layers the student keeps")
-    train.add_argument("--epochs", type=int, default=3)
-    train.add_argument("--max-steps", type=int)
-    train.add_argument("--batch-size", type=int, default=8)
-    train.add_argument("--lr", type=float, default=3e-4)
-    train.add_argument("--kd-weight", type=float, default=0.5, help="weight of the KD term")
-    train.add_argument("--temperature", type=float, default=1.0, help="KD temperature")
+    train.add_argument("--dataset", required=True, type=REF,
+                       help="dataset id, prefix, name or 'latest'")
+    train.add_argument("--name", required=True, type=NAME, help="the student's name")
+    train.add_argument("--layers", type=COUNT, default=4,
+                       help="teacher layers the student keeps (>= 1)")
+    train.add_argument("--epochs", type=COUNT, default=3, help="(>= 1)")
+    train.add_argument("--max-steps", type=COUNT, help="stop after this many steps (>= 1)")
+    train.add_argument("--batch-size", type=COUNT, default=8, help="(>= 1)")
+    train.add_argument("--lr", type=POSITIVE, default=3e-4, help="learning rate (> 0)")
+    train.add_argument("--kd-weight", type=FRACTION, default=0.5,
+                       help="weight of the KD term (0-1)")
+    train.add_argument("--temperature", type=POSITIVE, default=1.0, help="KD temperature (> 0)")
     train.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="run a benchmark suite on a teacher or student")
-    ev.add_argument("--model", required=True, help="teacher or student name")
+    ev.add_argument("--model", required=True, type=REF, help="teacher or student name")
     ev.add_argument("--suite", default="arithmetic-mini", help="suite YAML or built-in name")
     ev.set_defaults(func=cmd_eval)
 
     prov = sub.add_parser("provenance", help="where a student came from, and its obligations")
-    prov.add_argument("student")
+    prov.add_argument("student", type=REF)
     prov.set_defaults(func=cmd_provenance)
 
     serve = sub.add_parser("serve", help="run a Prefect server and worker for the deployments")
     serve.add_argument("--project", default=".", help="directory holding prefect.yaml")
-    serve.add_argument("--port", type=int, default=4200)
+    serve.add_argument("--port", type=PORT, default=4200, help="(1-65535)")
     serve.set_defaults(func=cmd_serve)
 
     dash = sub.add_parser("dashboard", help="open the read-only Streamlit dashboard")
-    dash.add_argument("--port", type=int, default=8501)
+    dash.add_argument("--port", type=PORT, default=8501, help="(1-65535)")
     dash.add_argument("--address", default="127.0.0.1",
                       help="interface to listen on (default: this machine only); the dashboard "
                            "has no authentication, so a wider one exposes the catalog")
     dash.set_defaults(func=cmd_dashboard)
 
     demo = sub.add_parser("demo", help="the whole loop on Gemma 3 270M, on this machine")
-    demo.add_argument("--layers", type=int, default=4)
-    demo.add_argument("--epochs", type=int, default=3)
+    demo.add_argument("--layers", type=COUNT, default=4, help="student layers (>= 1)")
+    demo.add_argument("--epochs", type=COUNT, default=3, help="(>= 1)")
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -57,11 +57,59 @@ def test_reasoning_gym_prompts_keep_answers() -> None:
     ("extra.yaml", "grid: {templates: ['{topic}'], topics: [x]}\nbogus: 1\n", "unknown keys"),
     ("task.yaml", "reasoning_gym:\n  - task: no_such_task\n", "reasoning_gym[0]"),
     ("p.txt", "hello", "prompt files are .jsonl or .yaml"),
+    ("size.yaml", "reasoning_gym:\n  - {task: gcd, size: abc}\n",
+     "reasoning_gym[0].size: must be an integer >= 1, not 'abc'"),
+    ("float.yaml", "reasoning_gym:\n  - {task: gcd, size: 2.5}\n", "not 2.5"),
+    ("zero.yaml", "reasoning_gym:\n  - {task: gcd, size: 0}\n", "size: must be >= 1, not 0"),
+    ("shots.yaml", "reasoning_gym:\n  - {task: gcd, shots: -1}\n", "shots: must be >= 0"),
+    ("seed.yaml", "reasoning_gym:\n  - {task: gcd, seed: -1}\n", "seed: must be >= 0"),
+    ("key.yaml", "reasoning_gym:\n  - {task: gcd, sise: 3}\n", "unknown keys ['sise']"),
+    ("config.yaml", "reasoning_gym:\n  - {task: gcd, config: [1]}\n", "'config' must be"),
+    ("tmpl.yaml", "reasoning_gym:\n  - {task: gcd, template: 'Q {question} {n}'}\n",
+     "may use only {question}"),
+    ("notask.yaml", "reasoning_gym:\n  - {size: 3}\n", "non-empty 'task' name"),
+    ("empty-slot.yaml", "grid:\n  templates: ['{topic} {}']\n  topics: [x]\n", "uses {}"),
+    ("unclosed.yaml", "grid:\n  templates: ['{topic} {x']\n  topics: [x]\n",
+     "not a valid format string"),
+    ("he.yaml", "humaneval: {size: 0}\n", "humaneval.size: must be >= 1"),
+    ("he-key.yaml", "humaneval: {count: 3}\n", "'humaneval' takes {size: N}"),
+    ("cb-str.yaml", "seeds:\n  - chatterbot: science\n", "must be a list of non-empty strings"),
+    ("seed-opt.yaml", "seeds:\n  - {jsonl: s.jsonl, split: x}\n", "unknown keys ['split']"),
+    ("seed-field.yaml", "seeds:\n  - {hf_dataset: d, field: 3}\n", "'field' must be a non-empty"),
 ])
 def test_bad_prompt_files_name_file_and_line(tmp_path: Path, name: str, text: str,
                                              message: str) -> None:
     with pytest.raises(StillroomError, match=message.replace("[", r"\[").replace("{", r"\{")):
         load_prompts(write(tmp_path / name, text))
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("reasoning_gym:gcd:-5", "'-5' is not a whole number"),
+    ("reasoning_gym:gcd:0", "SIZE is 0"),
+    ("reasoning_gym:gcd:3:-1", "'-1' is not a whole number"),
+    ("reasoning_gym:gcd:3:x", "'x' is not a whole number"),
+    ("reasoning_gym:gcd:3:1:2", "expected reasoning_gym:TASK"),
+    ("reasoning_gym:", "expected reasoning_gym:TASK"),
+    ("reasoning_gym::3", "expected reasoning_gym:TASK"),
+])
+def test_bad_reasoning_gym_specs(spec: str, message: str) -> None:
+    with pytest.raises(StillroomError, match=message.replace("[", r"\[")) as info:
+        load_prompts(spec)
+    assert info.value.where == spec
+
+
+@pytest.mark.parametrize("name", ["seeds.jsonl", "prompts.yaml"])
+def test_binary_prompt_files_are_named(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(b"\x80\x81\xfe" * 50)
+    with pytest.raises(StillroomError, match="not a UTF-8 text file") as info:
+        load_prompts(str(path))
+    assert info.value.where == str(path)
+
+
+def test_on_bad_seed_is_checked_for_every_source() -> None:
+    with pytest.raises(StillroomError, match="must be one of refuse, report"):
+        load_prompts("reasoning_gym:gcd:2", on_bad="ignore")
 
 
 def test_missing_prompt_file() -> None:

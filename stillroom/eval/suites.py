@@ -7,13 +7,18 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from stillroom import inputs
 from stillroom.errors import StillroomError
 from stillroom.eval.metrics import METRICS, SCORERS
 from stillroom.hashing import content_hash
 from stillroom.tasks.engine import SamplingConfig
-from stillroom.tasks.prompts import DEFAULT_TEMPLATE, Prompt, reasoning_gym_prompts
+from stillroom.tasks.prompts import (
+    DEFAULT_TEMPLATE,
+    Prompt,
+    check_template,
+    reasoning_gym_prompts,
+    task_options,
+)
 
 BUILTIN = files("stillroom").joinpath("eval/suites")
 SUITE_KEYS = {"name", "description", "template", "shots", "generation", "tasks", "metrics"}
@@ -55,38 +60,48 @@ def parse_suite(spec: Any, where: str) -> Suite:
     tasks = spec.get("tasks")
     if not isinstance(tasks, list) or not tasks:
         raise _fail("'tasks' must be a non-empty list", where)
-    metrics = spec.get("metrics", ["accuracy"])
-    bad = [m for m in metrics if m not in METRICS] if isinstance(metrics, list) else [metrics]
+    if not isinstance(spec.get("description", ""), str):
+        raise _fail("'description' must be a string", f"{where}: description")
+    metrics = inputs.strings(spec.get("metrics", ["accuracy"]), f"{where}: metrics",
+                             allow_empty_list=False)
+    bad = [m for m in metrics if m not in METRICS]
     if bad:
         raise _fail(f"unknown metrics {bad}; known: {sorted(METRICS)}", f"{where}: metrics")
-    generation = spec.get("generation", {})
-    if not isinstance(generation, dict) or generation.keys() - {"max_tokens", "stop"}:
-        raise _fail("'generation' takes max_tokens and stop", f"{where}: generation")
-    sampling = SamplingConfig(max_tokens=int(generation.get("max_tokens", 32)),
-                              stop=tuple(generation.get("stop", ["\n"])), logprobs_k=0)
-    template = spec.get("template", DEFAULT_TEMPLATE)
-    if "{question}" not in template:
-        raise _fail("'template' must contain {question}", f"{where}: template")
-    items = []
+    sampling = _sampling(spec.get("generation", {}), f"{where}: generation")
+    template = check_template(spec.get("template", DEFAULT_TEMPLATE), f"{where}: template")
+    shots = inputs.whole_number(spec.get("shots", 3), f"{where}: shots", minimum=0)
+    items, seen = [], set()
     for i, task in enumerate(tasks):
         at = f"{where}: tasks[{i}]"
-        if not isinstance(task, dict) or not isinstance(task.get("task"), str):
+        if not isinstance(task, dict):
             raise _fail("each task is a mapping with a 'task' name", at)
         if task.keys() - TASK_KEYS:
-            raise _fail(f"unknown keys {sorted(task.keys() - TASK_KEYS)}", at)
+            raise _fail(f"unknown keys {sorted(task.keys() - TASK_KEYS)}; allowed: "
+                        f"{sorted(TASK_KEYS)}", at)
         scorer = task.get("scorer", "reasoning_gym")
         if scorer not in SCORERS:
             raise _fail(f"unknown scorer {scorer!r}; known: {sorted(SCORERS)}", at)
-        try:
-            size, seed, shots = int(task.get("size", 50)), int(task.get("seed", 0)), int(
-                spec.get("shots", 3))
-        except (TypeError, ValueError) as exc:
-            raise _fail("size, seed and shots must be integers", at) from exc
-        prompts = reasoning_gym_prompts(task["task"], size, seed, shots, task.get("config"),
-                                        template, where=at)
-        items += [SuiteItem(f"{task['task']}/{seed}/{p.meta['index']}", p, scorer)
+        options = task_options({k: v for k, v in task.items() if k != "scorer"}, at, size=50)
+        if (options["task"], options["seed"]) in seen:
+            raise _fail(f"{options['task']!r} with seed {options['seed']} is already in the "
+                        "suite: its items would repeat", at)
+        seen.add((options["task"], options["seed"]))
+        prompts = reasoning_gym_prompts(**{**options, "shots": shots, "template": template},
+                                        where=at)
+        items += [SuiteItem(f"{options['task']}/{options['seed']}/{p.meta['index']}", p, scorer)
                   for p in prompts]
     return Suite(spec["name"], items, sampling, list(metrics), spec)
+
+
+def _sampling(generation: Any, where: str) -> SamplingConfig:
+    """Greedy decoding with the suite's token limit and stop sequences."""
+    if not isinstance(generation, dict) or generation.keys() - {"max_tokens", "stop"}:
+        raise _fail("'generation' takes max_tokens and stop", where)
+    return SamplingConfig(
+        max_tokens=inputs.whole_number(generation.get("max_tokens", 32), f"{where}.max_tokens",
+                                       minimum=1),
+        stop=tuple(inputs.strings(generation.get("stop", ["\n"]), f"{where}.stop")),
+        logprobs_k=0)
 
 
 def builtin_suite_names() -> list[str]:
@@ -99,14 +114,8 @@ def load_suite(ref: str) -> Suite:
     path = Path(ref)
     if not path.is_file():
         builtin = BUILTIN.joinpath(f"{ref}.yaml")
-        if not builtin.is_file():
+        if not inputs.NAME.fullmatch(ref) or not builtin.is_file():
             raise _fail(f"no suite file or built-in suite; built-ins: {builtin_suite_names()}",
                         ref)
         path = Path(str(builtin))
-    try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise _fail(f"malformed YAML: {getattr(exc, 'problem', exc)}",
-                    f"{path}:{mark.line + 1}" if mark else str(path)) from exc
-    return parse_suite(spec, str(path))
+    return parse_suite(inputs.load_yaml(path), str(path))

@@ -10,8 +10,10 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
+from stillroom import inputs
 from stillroom.catalog import Catalog
-from stillroom.eval.runner import run_suite
+from stillroom.errors import StillroomError
+from stillroom.eval.runner import resolve_model, run_suite
 from stillroom.eval.suites import load_suite
 from stillroom.runs import recorded_run
 from stillroom.tasks import datasets, students
@@ -19,7 +21,7 @@ from stillroom.tasks.curation import CurationConfig, curate, load_config
 from stillroom.tasks.diversity import store_report
 from stillroom.tasks.engine import SamplingConfig, close_engine
 from stillroom.tasks.generate import generate
-from stillroom.tasks.prompts import load_prompts
+from stillroom.tasks.prompts import check_on_bad, load_prompts
 from stillroom.tasks.teachers import get_teacher
 from stillroom.tasks.training import TrainConfig
 
@@ -72,12 +74,20 @@ def refresh_dataset(teacher: str, prompts: str = DEMO_PROMPTS, max_tokens: int =
     """Generate from `teacher`, filter, dedupe, and cut an immutable dataset version.
 
     `curation` is a curation config YAML (filters and dedupe stages); default: built in.
+    Every parameter is checked before any work (deployments pass what users typed).
     """
-    config = load_config(curation).pinned(Catalog().ensure())
+    stop = inputs.strings(stop, "stop") if stop is not None else ["\n"]
+    sampling = {"max_tokens": max_tokens, "stop": tuple(stop),
+                "logprobs_k": logprobs_k, "seed": inputs.whole_number(seed, "seed", minimum=0),
+                "temperature": temperature, "top_p": top_p}
+    SamplingConfig(**sampling)  # refuses out-of-range values
+    check_on_bad(on_bad_seed)
+    if dataset_name is not None:
+        inputs.name(dataset_name, "dataset_name")
+    catalog = Catalog().ensure()
+    get_teacher(catalog, teacher)
+    config = load_config(curation).pinned(catalog)
     datasets.check_teacher_cut(config, teacher)  # before any teacher call, not after
-    sampling = {"max_tokens": max_tokens, "stop": tuple(stop if stop is not None else ["\n"]),
-                "logprobs_k": logprobs_k, "seed": seed, "temperature": temperature,
-                "top_p": top_p}
     generated = generate_responses(teacher, prompts, sampling, noncommercial, on_bad_seed)
     judged = filter_and_dedupe(config)
     version = cut_dataset(config, dataset_name, teacher)
@@ -90,6 +100,9 @@ def train_student(dataset: str, name: str, layers: int = 4, epochs: int = 3,
                   batch_size: int = 8, lr: float = 3e-4, kd_weight: float = 0.5,
                   temperature: float = 1.0) -> dict[str, Any]:
     """Cut a student from the dataset's teacher and train it (SFT + top-k KD)."""
+    inputs.reference(dataset, "dataset")
+    inputs.name(name, "name")
+    inputs.whole_number(layers, "layers", minimum=1)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, kd_weight=kd_weight,
                          temperature=temperature)
     return students.train_student(Catalog(), dataset, name, layers, config)
@@ -99,6 +112,10 @@ def train_student(dataset: str, name: str, layers: int = 4, epochs: int = 3,
 def run_benchmarks(models: list[str], suite: str = DEMO_SUITE) -> list[dict[str, Any]]:
     """Run one suite on each model in turn (teachers first, so students get agreement)."""
     catalog = Catalog()
+    if not isinstance(models, list) or not models:
+        raise StillroomError("give at least one teacher or student name", where="models")
+    for model in models:  # every name resolves before the first model runs
+        resolve_model(catalog, model)
     loaded = load_suite(suite)
     results = []
     for model in models:
@@ -112,8 +129,15 @@ def distill(teacher: str, prompts: str = DEMO_PROMPTS, suite: str = DEMO_SUITE,
             student: str | None = None, layers: int = 4, epochs: int = 3,
             kd_weight: float = 0.5, max_tokens: int = 16,
             stop: list[str] | None = None) -> dict[str, Any]:
-    """The whole loop for one teacher: dataset, student, and teacher-vs-student benchmarks."""
-    student = student or f"{teacher}-student"
+    """The whole loop for one teacher: dataset, student, and teacher-vs-student benchmarks.
+
+    Parameters the later stages take are checked first, so a bad one fails in seconds, not
+    after generation and training."""
+    student = inputs.name(student or f"{teacher}-student", "student")
+    inputs.whole_number(layers, "layers", minimum=1)
+    TrainConfig(epochs=epochs, kd_weight=kd_weight)
+    SamplingConfig(max_tokens=max_tokens)
+    load_suite(suite)
     refreshed = refresh_dataset(teacher, prompts, max_tokens=max_tokens, stop=stop,
                                 dataset_name=f"{teacher}-data")
     benchmarks = run_benchmarks([teacher], suite)  # reuses the teacher's warm engine

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from stillroom import inputs
 from stillroom.catalog import Catalog, insert_many
 from stillroom.errors import StillroomError
 from stillroom.hashing import canonical_json, content_hash
@@ -73,14 +74,18 @@ class PromptSet(list):
 ON_BAD = ("refuse", "report")
 
 
+def check_on_bad(on_bad: str) -> str:
+    if on_bad not in ON_BAD:
+        raise StillroomError(f"must be one of {', '.join(ON_BAD)}, not {on_bad!r}",
+                             where="--on-bad-seed")
+    return on_bad
+
+
 class _Seeds:
     """Collects one source's prompts, refusing or setting aside its bad rows."""
 
     def __init__(self, source: str, on_bad: str) -> None:
-        if on_bad not in ON_BAD:
-            raise StillroomError(f"on_bad must be one of {ON_BAD}, not {on_bad!r}",
-                                 where="--on-bad-seed")
-        self.source, self.on_bad = source, on_bad
+        self.source, self.on_bad = source, check_on_bad(on_bad)
         self.result = PromptSet()
 
     def bad(self, where: str, reason: str, content: Any) -> None:
@@ -107,16 +112,29 @@ def few_shot(shots: list[dict[str, Any]], question: str, template: str = DEFAULT
     return solved + template.format(question=question)
 
 
+def check_template(template: Any, where: str) -> str:
+    """A few-shot template: a string whose only field is {question}."""
+    if not isinstance(template, str) or "{question}" not in template:
+        raise StillroomError("'template' must be a string containing {question}", where=where)
+    try:
+        template.format(question="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise StillroomError(f"'template' may use only {{question}} (write other braces as "
+                             f"{{{{ and }}}}): {exc!r}", where=where) from exc
+    return template
+
+
 def reasoning_gym_entries(task: str, size: int, seed: int,
                           config: dict[str, Any] | None = None, where: str = "") -> list[dict]:
     """Procedural items from reasoning-gym, with their answers kept for verification."""
     import reasoning_gym
 
-    try:
+    try:  # unknown task names and bad configs surface here, some only as items are made
         dataset = reasoning_gym.create_dataset(task, size=size, seed=seed, **(config or {}))
-    except Exception as exc:  # unknown task names and bad configs surface here
-        raise StillroomError(f"reasoning-gym task {task!r}: {exc}", where=where or None) from exc
-    return [dataset[i] for i in range(size)]
+        return [dataset[i] for i in range(size)]
+    except Exception as exc:
+        raise StillroomError(f"reasoning-gym task {task!r}: {exc!s}".replace("\n", " "),
+                             where=where or None) from exc
 
 
 def reasoning_gym_prompts(task: str, size: int, seed: int = 0, shots: int = 3,
@@ -169,7 +187,12 @@ def grid_prompts(spec: dict[str, Any], where: str) -> list[Prompt]:
         if not isinstance(template, str) or "{topic}" not in template:
             raise StillroomError(f"template {template!r} must be a string containing {{topic}}",
                                  where=where)
-        slots = {name for _, name, _, _ in string.Formatter().parse(template) if name}
+        try:
+            slots = {name for _, name, _, _ in string.Formatter().parse(template)
+                     if name is not None}
+        except ValueError as exc:
+            raise StillroomError(f"template {template!r} is not a valid format string ({exc}); "
+                                 "write literal braces as {{ and }}", where=where) from exc
         names = {"topic": "topics", "persona": "personas", "difficulty": "difficulties"}
         for slot in slots:
             if names.get(slot) not in axes:
@@ -187,7 +210,7 @@ def grid_prompts(spec: dict[str, Any], where: str) -> list[Prompt]:
 def jsonl_prompts(path: Path, on_bad: str = "refuse") -> PromptSet:
     """Seed prompts, one JSON object a line: {"prompt": str} or {"messages": [...]}."""
     seeds = _Seeds(f"seed:{path.name}", on_bad)
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(inputs.read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
@@ -252,7 +275,7 @@ def chatterbot_prompts(categories: list[str] | None = None, language: str = "eng
     import chatterbot_corpus
 
     root = Path(chatterbot_corpus.__file__).parent / "data" / language
-    if not root.is_dir():
+    if not inputs.NAME.fullmatch(language) or not root.is_dir():
         raise StillroomError(f"no chatterbot-corpus language {language!r}", where="chatterbot")
     files = sorted(root.glob("*.yml"))
     if categories:
@@ -300,13 +323,7 @@ def yaml_prompts(path: Path, on_bad: str = "refuse") -> PromptSet:
     """A YAML prompt spec: any of `grid`, `reasoning_gym` (tasks), `seeds` (a list of
     `jsonl: FILE`, `hf_dataset: DIR` or `chatterbot: [CATEGORIES]` entries) and
     `humaneval: {size: N}`. Relative seed paths are relative to the spec."""
-    try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", exc)
-        raise StillroomError(f"malformed YAML: {problem}", where=where) from exc
+    spec = inputs.load_yaml(path)
     if not isinstance(spec, dict) or not (set(SECTIONS) & spec.keys()):
         raise StillroomError(f"expected a mapping with any of {', '.join(SECTIONS)}",
                              where=str(path))
@@ -319,22 +336,46 @@ def yaml_prompts(path: Path, on_bad: str = "refuse") -> PromptSet:
             raise StillroomError("'grid' must be a mapping", where=f"{path}: grid")
         prompts += grid_prompts(spec["grid"], where=f"{path}: grid")
     for i, task in enumerate(_section_list(spec, "reasoning_gym", path)):
-        where = f"{path}: reasoning_gym[{i}]"
-        if not isinstance(task, dict):
-            raise StillroomError("each task must be a mapping", where=where)
-        prompts += reasoning_gym_prompts(
-            task=_require(task, "task", str, where), size=int(task.get("size", 20)),
-            seed=int(task.get("seed", 0)), shots=int(task.get("shots", 3)),
-            config=task.get("config"), template=task.get("template", DEFAULT_TEMPLATE),
-            where=where)
+        prompts += _task_prompts(task, f"{path}: reasoning_gym[{i}]")
     for i, seed in enumerate(_section_list(spec, "seeds", path)):
         prompts.extend_from(_seed_source(seed, path, f"{path}: seeds[{i}]", on_bad))
     if "humaneval" in spec:
         options = spec["humaneval"] or {}
-        if not isinstance(options, dict) or not isinstance(options.get("size", 1), int):
-            raise StillroomError("'humaneval' takes {size: N}", where=f"{path}: humaneval")
-        prompts += humaneval_prompts(options.get("size"))
+        where = f"{path}: humaneval"
+        if not isinstance(options, dict) or options.keys() - {"size"}:
+            raise StillroomError("'humaneval' takes {size: N}", where=where)
+        size = options.get("size")
+        prompts += humaneval_prompts(None if size is None else inputs.whole_number(
+            size, f"{where}.size", minimum=1))
     return prompts
+
+
+TASK_KEYS = {"task", "size", "seed", "shots", "config", "template"}
+
+
+def task_options(task: Any, where: str, size: int = 20) -> dict[str, Any]:
+    """A reasoning-gym task entry checked: known keys, whole sizes and seeds, a config
+    mapping and a {question} template (shared by prompt specs and benchmark suites)."""
+    if not isinstance(task, dict) or not isinstance(task.get("task"), str) or not task["task"]:
+        raise StillroomError("each task is a mapping with a non-empty 'task' name", where=where)
+    unknown = task.keys() - TASK_KEYS
+    if unknown:
+        raise StillroomError(f"unknown keys {sorted(unknown)}; allowed: {sorted(TASK_KEYS)}",
+                             where=where)
+    config = task.get("config") or {}
+    if not isinstance(config, dict):
+        raise StillroomError("'config' must be a mapping of the task's options", where=where)
+    return {"task": task["task"],
+            "size": inputs.whole_number(task.get("size", size), f"{where}.size", minimum=1),
+            "seed": inputs.whole_number(task.get("seed", 0), f"{where}.seed", minimum=0),
+            "shots": inputs.whole_number(task.get("shots", 3), f"{where}.shots", minimum=0),
+            "config": config,
+            "template": check_template(task.get("template", DEFAULT_TEMPLATE),
+                                       f"{where}.template")}
+
+
+def _task_prompts(task: Any, where: str) -> list[Prompt]:
+    return reasoning_gym_prompts(**task_options(task, where), where=where)
 
 
 def _section_list(spec: dict, key: str, path: Path) -> list:
@@ -344,14 +385,28 @@ def _section_list(spec: dict, key: str, path: Path) -> list:
     return value
 
 
+SEED_OPTIONS = {"jsonl": set(), "hf_dataset": {"field", "split"}, "chatterbot": {"language"}}
+
+
 def _seed_source(seed: Any, spec_path: Path, where: str, on_bad: str) -> PromptSet:
-    if not isinstance(seed, dict) or len({"jsonl", "hf_dataset", "chatterbot"} & seed.keys()) != 1:
+    if not isinstance(seed, dict) or len(SEED_OPTIONS.keys() & seed.keys()) != 1:
         raise StillroomError("each seed source is one of jsonl: FILE, hf_dataset: DIR, "
                              "chatterbot: [CATEGORIES]", where=where)
-    if "chatterbot" in seed:
-        return chatterbot_prompts(seed["chatterbot"] or None, seed.get("language", "english"),
-                                  on_bad)
-    key = "jsonl" if "jsonl" in seed else "hf_dataset"
+    key = next(k for k in SEED_OPTIONS if k in seed)
+    unknown = seed.keys() - {key, *SEED_OPTIONS[key]}
+    if unknown:
+        raise StillroomError(f"unknown keys {sorted(unknown)} for a {key} source; allowed: "
+                             f"{sorted(SEED_OPTIONS[key]) or 'none'}", where=where)
+    for option in SEED_OPTIONS[key]:
+        if option in seed and (not isinstance(seed[option], str) or not seed[option]):
+            raise StillroomError(f"'{option}' must be a non-empty string", where=where)
+    if key == "chatterbot":
+        categories = seed["chatterbot"] or None
+        if categories is not None:
+            inputs.strings(categories, f"{where}.chatterbot")
+        return chatterbot_prompts(categories, seed.get("language", "english"), on_bad)
+    if not isinstance(seed[key], str) or not seed[key]:
+        raise StillroomError(f"'{key}' must be a path", where=where)
     target = spec_path.parent / str(seed[key])
     if not target.exists():
         raise StillroomError(f"no such {key} seed {str(target)!r}", where=where)
@@ -364,14 +419,9 @@ def _seed_source(seed: Any, spec_path: Path, where: str, on_bad: str) -> PromptS
 def load_prompts(spec: str, on_bad: str = "refuse") -> PromptSet:
     """Prompts from a .yaml/.yml spec, a .jsonl seed file, a saved `datasets` directory,
     or `reasoning_gym:TASK[:SIZE[:SEED]]`."""
+    check_on_bad(on_bad)
     if spec.startswith("reasoning_gym:"):
-        parts = spec.split(":")[1:]
-        try:
-            size = int(parts[1]) if len(parts) > 1 else 20
-            seed = int(parts[2]) if len(parts) > 2 else 0
-        except ValueError as exc:
-            raise StillroomError("expected reasoning_gym:TASK[:SIZE[:SEED]]", where=spec) from exc
-        return PromptSet(reasoning_gym_prompts(parts[0], size, seed, where=spec))
+        return PromptSet(reasoning_gym_prompts(**reasoning_gym_spec(spec), where=spec))
     path = Path(spec)
     if path.is_dir():
         return hf_dataset_prompts(spec, on_bad=on_bad)
@@ -383,6 +433,23 @@ def load_prompts(spec: str, on_bad: str = "refuse") -> PromptSet:
         return yaml_prompts(path, on_bad)
     raise StillroomError("prompt files are .jsonl or .yaml (or a saved datasets directory)",
                          where=spec)
+
+
+def reasoning_gym_spec(spec: str) -> dict[str, Any]:
+    """`reasoning_gym:TASK[:SIZE[:SEED]]` as task, size (>= 1) and seed (>= 0)."""
+    usage = "expected reasoning_gym:TASK[:SIZE[:SEED]] with SIZE >= 1 and SEED >= 0"
+    parts = spec.split(":")[1:]
+    if not 1 <= len(parts) <= 3 or not parts[0]:
+        raise StillroomError(usage, where=spec)
+    numbers = []
+    for part, default in itertools.zip_longest(parts[1:], (20, 0)):
+        if part is not None and not (part.isascii() and part.isdigit()):
+            raise StillroomError(f"{usage}; {part!r} is not a whole number", where=spec)
+        numbers.append(default if part is None else int(part))
+    size, seed = numbers
+    if size < 1:
+        raise StillroomError(f"{usage}; SIZE is {size}", where=spec)
+    return {"task": parts[0], "size": size, "seed": seed}
 
 
 def store_rejected(conn: Any, rejected: list[Rejected], run_id: str) -> int:
