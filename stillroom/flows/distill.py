@@ -112,7 +112,8 @@ def distill(teacher: str, prompts: str = DEMO_PROMPTS, suite: str = DEMO_SUITE,
             kd_weight: float = 0.5, max_tokens: int = 16,
             stop: list[str] | None = None) -> dict[str, Any]:
     """The whole loop for one teacher: dataset, student, and teacher-vs-student benchmarks."""
-    student = student or f"{teacher}-student"
+    # Checked before any work: the name becomes a directory under the state directory.
+    student = students.validate_student_name(student or f"{teacher}-student", "student")
     refreshed = refresh_dataset(teacher, prompts, max_tokens=max_tokens, stop=stop,
                                 dataset_name=f"{teacher}-data")
     benchmarks = run_benchmarks([teacher], suite)  # reuses the teacher's warm engine
