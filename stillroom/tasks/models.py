@@ -84,18 +84,19 @@ def cut_student(teacher_path: str, layers: list[int], out: Path,
     return out
 
 
-WEIGHT_FILES = ("config.json", "*.safetensors")
+NOT_MODEL_FILES = frozenset({"README.md", "provenance.json", "training.json"})
 
 
 def weights_digest(path: Path) -> str:
-    """sha256 over a checkpoint's weight files and the config that reads them, in name order.
+    """sha256 over every file that loading the model reads (weights, config, tokenizer).
 
-    Recorded in the catalog row and the model card, so either can be checked against the files.
+    The model card and the training log are left out: they describe the weights. Recorded in
+    the catalog row and the card, so either can be checked against the files.
     """
-    digest = hashlib.sha256()
-    files = sorted({f for pattern in WEIGHT_FILES for f in path.glob(pattern)})
+    files = sorted(f for f in path.iterdir() if f.is_file() and f.name not in NOT_MODEL_FILES)
     if not any(f.suffix == ".safetensors" for f in files):
         raise StillroomError("no weight files (*.safetensors)", where=str(path))
+    digest = hashlib.sha256()
     for file in files:
         digest.update(f"{file.name}\0{file.stat().st_size}\0".encode())
         with file.open("rb") as f:

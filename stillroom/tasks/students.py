@@ -97,8 +97,8 @@ def provenance(catalog: Catalog, ref: str) -> dict[str, Any]:
 def model_card(ref: str, provenance: dict[str, Any]) -> str:
     """A README that states where the student came from and what its teachers' licenses require."""
     lines = [f"# {ref}", "", "A student model distilled with Stillroom.", "",
-             f"- weights: `{provenance['weights_digest']}` (sha256 of config.json and"
-             " *.safetensors)", "", "## Provenance", ""]
+             f"- weights: `{provenance['weights_digest']}` (sha256 of the weight, config and"
+             " tokenizer files)", "", "## Provenance", ""]
     lines += [f"- dataset: `{provenance.get('dataset_id')}`", f"- init: {provenance['init']}"]
     for t in provenance["teachers"]:
         lines += ["", f"### Teacher {t['name']}", "",
