@@ -132,8 +132,22 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     from stillroom.tasks.training import TrainConfig
 
     config = TrainConfig(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
-                         lr=args.lr, kd_weight=args.kd_weight, temperature=args.temperature)
-    return train_student(Catalog(), args.dataset, args.name, args.layers, config)
+                         lr=args.lr, kd_weight=args.kd_weight, temperature=args.temperature,
+                         seed=args.seed)
+    every = {"checkpoint_every": args.checkpoint_every} if args.checkpoint_every else {}
+    return train_student(Catalog(), args.dataset, args.name, args.layers, config, **every)
+
+
+def cmd_student(args: argparse.Namespace) -> None:
+    from stillroom.tasks import students
+
+    catalog = Catalog()
+    if args.action == "list":
+        for row in students.list_students(catalog):
+            print(f"{row['ref']:<32} {row['teacher'] or '-':<20} {row['dataset_id'] or '-':<16}"
+                  f" {(row['weights_digest'] or '-')[:19]:<19} {row['created_at']:%Y-%m-%d %H:%M}")
+        return
+    print(json.dumps(students.resolve_student(catalog, args.ref), indent=2, default=str))
 
 
 def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
@@ -370,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a student on a dataset version")
     train.add_argument("--dataset", required=True, type=REF,
                        help="dataset id, prefix, name or 'latest'")
-    train.add_argument("--name", required=True, type=NAME, help="the student's name")
+    train.add_argument("--name", required=True, type=NAME,
+                       help="the student's name; each training publishes the next NAME@N")
     train.add_argument("--layers", type=COUNT, default=4,
                        help="teacher layers the student keeps (>= 1)")
     train.add_argument("--epochs", type=COUNT, default=3, help="(>= 1)")
@@ -380,7 +395,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--kd-weight", type=FRACTION, default=0.5,
                        help="weight of the KD term (0-1)")
     train.add_argument("--temperature", type=POSITIVE, default=1.0, help="KD temperature (> 0)")
+    train.add_argument("--seed", type=SEED, default=0, help="data order and initial RNG state")
+    train.add_argument("--checkpoint-every", type=COUNT, metavar="STEPS",
+                       help="steps between checkpoints (default 50); a re-run after a crash "
+                            "resumes from the last one")
     train.set_defaults(func=cmd_train)
+
+    student = sub.add_parser("student", help="list and show student versions")
+    ssub = student.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ssub.add_parser("list", help="every version of every student")
+    sshow = ssub.add_parser("show", help="one student version: row, provenance, weights digest")
+    sshow.add_argument("ref", type=REF, help="NAME (its latest version) or NAME@N")
+    student.set_defaults(func=cmd_student)
 
     ev = sub.add_parser("eval", help="run a benchmark suite on a teacher or student")
     ev.add_argument("--model", required=True, type=REF, help="teacher or student name")
@@ -388,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_eval)
 
     prov = sub.add_parser("provenance", help="where a student came from, and its obligations")
-    prov.add_argument("student", type=REF)
+    prov.add_argument("student", type=REF, help="NAME (its latest version) or NAME@N")
     prov.set_defaults(func=cmd_provenance)
 
     serve = sub.add_parser("serve", help="run a Prefect server and worker for the deployments")

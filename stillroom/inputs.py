@@ -18,6 +18,8 @@ import yaml
 from stillroom.errors import StillroomError
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# A reference may pin a version of a student: NAME@N.
+REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}(@[1-9][0-9]{0,8})?")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -68,9 +70,18 @@ def name(value: Any, where: str) -> str:
 def reference(value: Any, where: str) -> str:
     """A reference to a stored object (a name, an id prefix, or `latest`): same characters
     as a name, so it can never act as a pattern that matches everything."""
-    if not isinstance(value, str) or not NAME.fullmatch(value):
+    if not isinstance(value, str) or not REFERENCE.fullmatch(value):
         raise StillroomError(f"{value!r} is not a name, id or 'latest'", where=where)
     return value
+
+
+def path_inside(root: Path, *parts: str) -> Path:
+    """`root / parts`, refused unless it stays inside `root`: defence in depth for paths built
+    from names users give."""
+    path = root.joinpath(*parts)
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise StillroomError(f"{path} is outside {root}", where="/".join(parts))
+    return path
 
 
 def endpoint_url(value: Any, where: str) -> str:

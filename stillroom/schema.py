@@ -239,6 +239,36 @@ MIGRATIONS: list[tuple[int, str]] = [
             'seconds from this request''s submission to its completion (see its backend)';
         """,
     ),
+    (
+        7,
+        """
+        -- Students are versioned (`name@N`) and never overwritten: the unique name becomes a
+        -- unique (name, version); each row records the digest of its weight files and the key
+        -- of what built them (teacher cut or dataset + init + training config).
+        CREATE TABLE students_v7 (
+            student_id      VARCHAR PRIMARY KEY,
+            name            VARCHAR NOT NULL,
+            version         INTEGER NOT NULL,
+            dataset_id      VARCHAR,
+            path            VARCHAR NOT NULL,
+            init            VARCHAR NOT NULL,
+            config          JSON NOT NULL,
+            provenance      JSON NOT NULL,
+            metrics         JSON,
+            weights_digest  VARCHAR,
+            build_key       VARCHAR,
+            run_id          VARCHAR NOT NULL,
+            created_at      TIMESTAMP NOT NULL,
+            UNIQUE (name, version)
+        );
+        INSERT INTO students_v7
+            SELECT student_id, name, 1, dataset_id, path, init, config, provenance, metrics,
+                   NULL, NULL, run_id, created_at
+            FROM students;
+        DROP TABLE students;
+        ALTER TABLE students_v7 RENAME TO students;
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -133,7 +133,7 @@ def distill(teacher: str, prompts: str = DEMO_PROMPTS, suite: str = DEMO_SUITE,
 
     Parameters the later stages take are checked first, so a bad one fails in seconds, not
     after generation and training."""
-    student = inputs.name(student or f"{teacher}-student", "student")
+    student = students.validate_student_name(student or f"{teacher}-student", "student")
     inputs.whole_number(layers, "layers", minimum=1)
     TrainConfig(epochs=epochs, kd_weight=kd_weight)
     SamplingConfig(max_tokens=max_tokens)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -47,12 +48,24 @@ def spread_layers(total: int, keep: int) -> list[int]:
     return sorted({round(i * (total - 1) / (keep - 1)) for i in range(keep)})
 
 
-def cut_student(teacher_path: str, layers: list[int], out: Path) -> Path:
-    """A student sharing the teacher's tokenizer and embedding, keeping `layers` of its blocks."""
+def layer_count(model: str, revision: str | None = None) -> int:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model, revision=revision).num_hidden_layers
+
+
+def cut_student(teacher_path: str, layers: list[int], out: Path,
+                revision: str | None = None) -> Path:
+    """A student sharing the teacher's tokenizer and embedding, keeping `layers` of its blocks.
+
+    `revision` is the teacher's pinned revision: the student must come from the weights the
+    teacher's rows (and the student's model card) name, not whatever the hub serves today.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(teacher_path, revision=revision,
+                                                 dtype=torch.float32)
     blocks = model.model.layers
     model.model.layers = torch.nn.ModuleList(blocks[i] for i in layers)
     config = model.config
@@ -65,6 +78,28 @@ def cut_student(teacher_path: str, layers: list[int], out: Path) -> Path:
                 module.layer_idx = new_index
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(teacher_path).save_pretrained(out)
-    log.info("cut a %d-layer student from %s (layers %s)", len(layers), teacher_path, layers)
+    AutoTokenizer.from_pretrained(teacher_path, revision=revision).save_pretrained(out)
+    log.info("cut a %d-layer student from %s@%s (layers %s)", len(layers), teacher_path,
+             revision or "unpinned", layers)
     return out
+
+
+NOT_MODEL_FILES = frozenset({"README.md", "provenance.json", "training.json"})
+
+
+def weights_digest(path: Path) -> str:
+    """sha256 over every file that loading the model reads (weights, config, tokenizer).
+
+    The model card and the training log are left out: they describe the weights. Recorded in
+    the catalog row and the card, so either can be checked against the files.
+    """
+    files = sorted(f for f in path.iterdir() if f.is_file() and f.name not in NOT_MODEL_FILES)
+    if not any(f.suffix == ".safetensors" for f in files):
+        raise StillroomError("no weight files (*.safetensors)", where=str(path))
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.name}\0{file.stat().st_size}\0".encode())
+        with file.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return "sha256:" + digest.hexdigest()

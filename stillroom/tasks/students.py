@@ -1,47 +1,103 @@
-"""Students: cut from a teacher, trained on a dataset version, registered with their provenance."""
+"""Students: cut from a teacher, trained on a dataset version, published as immutable versions.
+
+Every new set of weights is published as `name@N` (N = 1, 2, ...): built in a staging directory
+and renamed into place only when done, with the digest of its weight files in both the catalog
+row and the model card, so neither can describe other weights than the files hold. Nothing is
+overwritten. A plain `name` means its latest version. Re-running a training that already
+produced a version of `name` (same dataset, init weights, config and seed) returns that version.
+`<name>-init` is versioned the same way and reused while the teacher's cut is byte-identical.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from stillroom import settings
+from stillroom import inputs, settings
 from stillroom.catalog import Catalog
 from stillroom.errors import StillroomError
 from stillroom.hashing import canonical_json, content_hash
 from stillroom.runs import recorded_run
 from stillroom.tasks import datasets, models
-from stillroom.tasks.teachers import get_teacher
-from stillroom.tasks.training import TrainConfig, train
+from stillroom.tasks.checkpoints import Checkpoints, exclusive_lock
+from stillroom.tasks.teachers import Teacher, get_teacher
+from stillroom.tasks.training import (
+    DEFAULT_CHECKPOINT_EVERY,
+    TrainConfig,
+    check_checkpoint_every,
+    train,
+)
+
+INIT_SUFFIX = "-init"
+COLUMNS = ("student_id, name, version, dataset_id, path, init, config, provenance, metrics,"
+           " weights_digest, build_key, run_id, created_at")
 
 
 def students_dir() -> Path:
     return settings.models_dir() / "students"
 
 
-def _register(catalog: Catalog, name: str, dataset_id: str | None, path: Path, init: str,
-              config: dict[str, Any], provenance: dict[str, Any], metrics: dict[str, Any] | None,
-              run_id: str) -> str:
-    student_id = content_hash(name, dataset_id, init, config)
-    with catalog.write() as conn:
-        existing = conn.execute("SELECT student_id FROM students WHERE name = ?",
-                                [name]).fetchone()
-        if existing and existing[0] != student_id:
-            raise StillroomError("a different student already has this name; choose another",
-                                 where=name)
-        conn.execute("DELETE FROM students WHERE student_id = ?", [student_id])
-        conn.execute("INSERT INTO students VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, now())",
-                     [student_id, name, dataset_id, str(path), init, canonical_json(config),
-                      canonical_json(provenance), canonical_json(metrics) if metrics else None,
-                      run_id])
-    return student_id
+def staging_dir() -> Path:
+    return students_dir() / ".staging"
 
 
-def model_card(name: str, provenance: dict[str, Any]) -> str:
+def checkpoints_dir() -> Path:
+    return settings.models_dir() / "checkpoints"
+
+
+def validate_student_name(name: str, where: str = "--name") -> str:
+    """A name a new student may be trained under (it becomes a directory name)."""
+    inputs.name(name, where)
+    if name.endswith(INIT_SUFFIX):
+        raise StillroomError(f"names ending in {INIT_SUFFIX!r} are reserved for students'"
+                             " initialisations", where=where)
+    return name
+
+
+def parse_ref(ref: str, where: str = "STUDENT") -> tuple[str, int | None]:
+    """`name` or `name@N` -> (name, N or None)."""
+    name, at, version = ref.partition("@")
+    inputs.name(name, where)
+    if at and not (version.isdigit() and int(version) >= 1):
+        raise StillroomError(f"{ref!r}: the version after '@' must be a number >= 1",
+                             where=where)
+    return name, int(version) if at else None
+
+
+def resolve_student(catalog: Catalog, ref: str, where: str = "STUDENT") -> dict[str, Any]:
+    """The `students` row `ref` names: `name@N` that version, plain `name` the latest one."""
+    name, version = parse_ref(ref, where)
+    rows = catalog.rows(f"SELECT {COLUMNS} FROM students WHERE name = $name"
+                        " AND ($version IS NULL OR version = $version)"
+                        " ORDER BY version DESC LIMIT 1", {"name": name, "version": version})
+    if not rows:
+        raise StillroomError(f"no student named {ref!r}", where=where)
+    row = rows[0]
+    row["ref"] = f"{row['name']}@{row['version']}"
+    for column in ("config", "provenance", "metrics"):
+        row[column] = json.loads(row[column]) if row[column] else None
+    return row
+
+
+def list_students(catalog: Catalog) -> list[dict[str, Any]]:
+    return catalog.rows(
+        "SELECT name || '@' || version AS ref, dataset_id, weights_digest, init, created_at,"
+        " json_extract_string(provenance, '$.teachers[0].name') AS teacher"
+        " FROM students ORDER BY name, version")
+
+
+def provenance(catalog: Catalog, ref: str) -> dict[str, Any]:
+    return resolve_student(catalog, ref)
+
+
+def model_card(ref: str, provenance: dict[str, Any]) -> str:
     """A README that states where the student came from and what its teachers' licenses require."""
-    lines = [f"# {name}", "", "A student model distilled with Stillroom.", "", "## Provenance", ""]
+    lines = [f"# {ref}", "", "A student model distilled with Stillroom.", "",
+             f"- weights: `{provenance['weights_digest']}` (sha256 of the weight, config and"
+             " tokenizer files)", "", "## Provenance", ""]
     lines += [f"- dataset: `{provenance.get('dataset_id')}`", f"- init: {provenance['init']}"]
     for t in provenance["teachers"]:
         lines += ["", f"### Teacher {t['name']}", "",
@@ -52,14 +108,76 @@ def model_card(name: str, provenance: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_card(path: Path, name: str, provenance: dict[str, Any]) -> None:
-    (path / "README.md").write_text(model_card(name, provenance))
-    (path / "provenance.json").write_text(json.dumps(provenance, indent=2, default=str))
+def _publish(catalog: Catalog, name: str, staging: Path, *, dataset_id: str | None,
+             init: str, config: dict[str, Any], provenance: dict[str, Any],
+             metrics: dict[str, Any] | None, build_key: str, run_id: str) -> dict[str, Any]:
+    """Register `staging` as the next version of `name` and rename it into place, atomically
+    with respect to every other publisher (both happen under the catalog's write lock)."""
+    digest = models.weights_digest(staging)
+    with catalog.write() as conn:
+        version = conn.execute("SELECT coalesce(max(version), 0) + 1 FROM students"
+                               " WHERE name = ?", [name]).fetchone()[0]
+        ref = f"{name}@{version}"
+        final = inputs.path_inside(students_dir(), ref)
+        if final.exists():  # left by a publish killed before its commit: no row names it
+            shutil.rmtree(final)
+        card = {**provenance, "student": ref, "version": version, "weights_digest": digest}
+        (staging / "README.md").write_text(model_card(ref, card))
+        (staging / "provenance.json").write_text(json.dumps(card, indent=2, default=str))
+        student_id = content_hash(name, version, digest)
+        staging.rename(final)
+        try:
+            conn.execute(f"INSERT INTO students ({COLUMNS}) VALUES"
+                         " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())",
+                         [student_id, name, version, dataset_id, str(final), init,
+                          canonical_json(config), canonical_json(card),
+                          canonical_json(metrics) if metrics else None, digest, build_key,
+                          run_id])
+        except BaseException:
+            final.rename(staging)
+            raise
+    return {"ref": ref, "version": version, "student_id": student_id, "path": str(final),
+            "weights_digest": digest}
+
+
+def _fresh_staging(name: str) -> Path:
+    """An empty staging directory for `name` (what a killed run left there is discarded)."""
+    staging = inputs.path_inside(staging_dir(), name)
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    return staging
+
+
+def _initialise(catalog: Catalog, teacher: Teacher, base: dict[str, Any], name: str,
+                keep: list[int], init: str, run_id: str) -> dict[str, Any]:
+    """Cut `<name>-init` from the teacher at its pinned revision; reuse an identical version."""
+    init_name = f"{name}{INIT_SUFFIX}"
+    staging = _fresh_staging(init_name)
+    models.cut_student(teacher.model, keep, staging, revision=teacher.revision)
+    digest = models.weights_digest(staging)
+    same = catalog.rows("SELECT name || '@' || version AS ref FROM students"
+                        " WHERE name = ? AND weights_digest = ? ORDER BY version DESC LIMIT 1",
+                        [init_name, digest])
+    if same:
+        shutil.rmtree(staging)
+        return resolve_student(catalog, same[0]["ref"])
+    _publish(catalog, init_name, staging, dataset_id=None, init=init, config={"layers": keep},
+             provenance={**base, "dataset_id": None}, metrics=None,
+             build_key=content_hash("init", teacher.teacher_id, keep), run_id=run_id)
+    return resolve_student(catalog, init_name)
 
 
 def train_student(catalog: Catalog, dataset_ref: str, name: str, layers: int = 4,
-                  config: TrainConfig | None = None, progress: bool = True) -> dict[str, Any]:
-    """Cut `<name>-init` from the dataset's teacher, train `<name>` on it, register both."""
+                  config: TrainConfig | None = None, progress: bool = True,
+                  checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY) -> dict[str, Any]:
+    """Cut `<name>-init` from the dataset's teacher and train the next version of `name` on it.
+
+    Training checkpoints are keyed by the dataset, the init's weights and the config (seed
+    included): a killed run re-run with the same inputs resumes; any other run starts fresh.
+    """
+    validate_student_name(name)
+    check_checkpoint_every(checkpoint_every)
     config = config or TrainConfig()
     dataset_id = datasets.resolve(catalog, dataset_ref)
     manifest = datasets.manifest(catalog, dataset_id)
@@ -68,42 +186,40 @@ def train_student(catalog: Catalog, dataset_ref: str, name: str, layers: int = 4
                              f"{[t['name'] for t in manifest['teachers']]}", where=dataset_ref)
     teacher = get_teacher(catalog, manifest["teachers"][0]["name"])
     params = {"dataset_id": dataset_id, "name": name, "layers": layers, **asdict(config)}
-    with recorded_run(catalog, "train", params) as run:
-        total = _layer_count(teacher.model)
+    busy = f"student {name!r} is being trained by another process"
+    with exclusive_lock(inputs.path_inside(staging_dir(), f"{name}.lock"), busy, name), \
+            recorded_run(catalog, "train", params) as run:
+        total = models.layer_count(teacher.model, teacher.revision)
         keep = models.spread_layers(total, layers)
-        init_name = f"{name}-init"
-        init_dir = models.cut_student(teacher.model, keep, students_dir() / init_name)
-        init = f"layers {keep} of {total} from teacher {teacher.name}"
+        pinned = f" at revision {teacher.revision}" if teacher.revision else ""
+        init = f"layers {keep} of {total} from teacher {teacher.name}{pinned}"
         base = {"teachers": manifest["teachers"], "init": init, "layers": keep}
-        _write_card(init_dir, init_name, {**base, "dataset_id": None})
-        _register(catalog, init_name, None, init_dir, init, {"layers": keep},
-                  {**base, "dataset_id": None}, None, run.run_id)
-        rows = datasets.load(catalog, dataset_id)
-        out = students_dir() / name
-        metrics = train(init_dir, rows, config, out, progress=progress)
-        provenance = {**base, "dataset_id": dataset_id, "dataset_name": manifest.get("name"),
-                      "train_config": asdict(config)}
-        _write_card(out, name, provenance)
-        student_id = _register(catalog, name, dataset_id, out, init, params, provenance,
-                               metrics, run.run_id)
-        run.summary.update(student=name, student_id=student_id, dataset_id=dataset_id,
-                           path=str(out), **{k: metrics[k] for k in (
-                               "steps", "examples", "first_loss", "last_loss", "seconds")})
+        start = _initialise(catalog, teacher, base, name, keep, init, run.run_id)
+        build_key = content_hash("train", dataset_id, start["weights_digest"], asdict(config))
+        done = catalog.rows("SELECT name || '@' || version AS ref FROM students"
+                            " WHERE name = ? AND build_key = ?", [name, build_key])
+        if done:
+            student = resolve_student(catalog, done[0]["ref"])
+            run.summary.update(student=student["ref"], student_id=student["student_id"],
+                               dataset_id=dataset_id, path=student["path"], reused=True,
+                               init=start["ref"], weights_digest=student["weights_digest"])
+            return run.summary
+        checkpoints = Checkpoints(checkpoints_dir(), build_key)
+        with checkpoints.exclusive():
+            staging = _fresh_staging(name)
+            rows = datasets.load(catalog, dataset_id)
+            metrics = train(Path(start["path"]), rows, config, staging, progress=progress,
+                            checkpoints=checkpoints, checkpoint_every=checkpoint_every)
+            provenance = {**base, "dataset_id": dataset_id, "dataset_name": manifest.get("name"),
+                          "init_student": start["ref"], "init_digest": start["weights_digest"],
+                          "train_config": asdict(config)}
+            published = _publish(catalog, name, staging, dataset_id=dataset_id, init=init,
+                                 config=params, provenance=provenance, metrics=metrics,
+                                 build_key=build_key, run_id=run.run_id)
+            checkpoints.clear()
+        run.summary.update(student=published["ref"], student_id=published["student_id"],
+                           dataset_id=dataset_id, path=published["path"], reused=False,
+                           init=start["ref"], weights_digest=published["weights_digest"],
+                           **{k: metrics[k] for k in ("steps", "resumed_from_step", "examples",
+                                                      "first_loss", "last_loss", "seconds")})
     return run.summary
-
-
-def _layer_count(model: str) -> int:
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(model).num_hidden_layers
-
-
-def provenance(catalog: Catalog, name: str) -> dict[str, Any]:
-    rows = catalog.rows("SELECT student_id, name, dataset_id, path, init, provenance, metrics,"
-                        " created_at FROM students WHERE name = ?", [name])
-    if not rows:
-        raise StillroomError(f"no student named {name!r}", where="STUDENT")
-    row = rows[0]
-    row["provenance"] = json.loads(row["provenance"])
-    row["metrics"] = json.loads(row["metrics"]) if row["metrics"] else None
-    return row

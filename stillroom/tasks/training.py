@@ -21,6 +21,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from stillroom.errors import StillroomError
+from stillroom.tasks.checkpoints import Checkpoints
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHECKPOINT_EVERY = 50
 
 
 @dataclass(frozen=True)
@@ -116,11 +121,45 @@ def distillation_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor],
     return loss, {"loss": loss.item(), "ce": ce.item(), "kd": kd.item()}
 
 
-def train(model_dir: Path, rows: Any, config: TrainConfig, out: Path,
-          progress: bool = True) -> dict[str, Any]:
-    """Train the checkpoint in `model_dir` on dataset rows and save it to `out`."""
+def check_checkpoint_every(steps: int) -> None:
+    if steps < 1:
+        raise StillroomError(f"checkpoint every {steps} steps: must be >= 1",
+                             where="--checkpoint-every")
+
+
+def _trainable_state(model: Any) -> dict[str, torch.Tensor]:
+    """The model's state without its frozen parameters (those come back from the init)."""
+    return {k: v.detach() for k, v in model.state_dict(keep_vars=True).items()
+            if not (isinstance(v, torch.nn.Parameter) and not v.requires_grad)}
+
+
+def _restore(model: Any, optimizer: Any, schedule: Any, rng: random.Random,
+             state: dict[str, Any]) -> None:
+    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    frozen = {k for k, v in model.state_dict(keep_vars=True).items()
+              if isinstance(v, torch.nn.Parameter) and not v.requires_grad}
+    if unexpected or set(missing) - frozen:
+        raise StillroomError("checkpoint does not fit this model", where=str(state.get("key")))
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["scheduler"])
+    rng.setstate(state["python_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+
+def train(model_dir: Path, rows: Any, config: TrainConfig, out: Path, progress: bool = True,
+          checkpoints: Checkpoints | None = None,
+          checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY) -> dict[str, Any]:
+    """Train the checkpoint in `model_dir` on dataset rows and save it to `out`.
+
+    With `checkpoints`, the full training state (trainable weights, optimizer, scheduler, RNGs,
+    position in the data order) is saved every `checkpoint_every` steps and at the end, and a
+    run that finds one resumes from it, ending with the weights an uninterrupted run would have.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_checkpoint_every(checkpoint_every)
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -138,15 +177,24 @@ def train(model_dir: Path, rows: Any, config: TrainConfig, out: Path,
         optimizer, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps))
         * max(0.0, 1 - s / total) if total > 1 else 1.0)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    model.train()
     history: list[dict[str, float]] = []
+    step, order, next_batch = 0, None, 0
+    saved = checkpoints.latest() if checkpoints else None
+    if saved:
+        _restore(model, optimizer, schedule, rng, saved)
+        step, order, next_batch = saved["step"], saved["order"], saved["next_batch"]
+        history = saved["history"]
+        log.info("resumed training from step %d of %d (%s)", step, total, checkpoints.directory)
+    resumed_from = step
+    model.train()
     started = time.monotonic()
-    bar = tqdm(total=total, desc="train", unit="step", disable=not progress)
-    step = 0
+    bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not progress)
     while step < total:
-        order = list(range(len(examples)))
-        rng.shuffle(order)
-        for start in range(0, len(order), config.batch_size):
+        if order is None:
+            order = list(range(len(examples)))
+            rng.shuffle(order)
+            next_batch = 0
+        for start in range(next_batch * config.batch_size, len(order), config.batch_size):
             if step >= total:
                 break
             batch = collate([examples[i] for i in order[start:start + config.batch_size]], pad_id)
@@ -158,8 +206,19 @@ def train(model_dir: Path, rows: Any, config: TrainConfig, out: Path,
             schedule.step()
             history.append(parts)
             step += 1
+            next_batch += 1
             bar.update(1)
             bar.set_postfix(loss=f"{parts['loss']:.3f}")
+            if checkpoints and (step % checkpoint_every == 0 or step == total):
+                checkpoints.save(step, {
+                    "model": _trainable_state(model), "optimizer": optimizer.state_dict(),
+                    "scheduler": schedule.state_dict(), "python_rng": rng.getstate(),
+                    "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available()
+                    else None,
+                    "order": order, "next_batch": next_batch, "history": history})
+        else:
+            order = None  # the epoch is done; the next one reshuffles
     bar.close()
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
@@ -167,13 +226,13 @@ def train(model_dir: Path, rows: Any, config: TrainConfig, out: Path,
     tokenizer.save_pretrained(out)
     window = max(1, len(history) // 5)
     summary = {
-        "steps": step, "examples": len(examples),
+        "steps": step, "resumed_from_step": resumed_from, "examples": len(examples),
         "target_tokens": sum(len(e.targets) for e in examples),
         "trainable_params": sum(p.numel() for p in params),
         "first_loss": round(sum(h["loss"] for h in history[:window]) / window, 4),
         "last_loss": round(sum(h["loss"] for h in history[-window:]) / window, 4),
         "seconds": round(time.monotonic() - started, 2), "config": asdict(config)}
     (out / "training.json").write_text(json.dumps({**summary, "history": history}, indent=1))
-    logging.getLogger(__name__).info("trained %d steps: loss %.3f -> %.3f", step,
-                                     summary["first_loss"], summary["last_loss"])
+    log.info("trained %d steps: loss %.3f -> %.3f", step, summary["first_loss"],
+             summary["last_loss"])
     return summary
