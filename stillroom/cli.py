@@ -13,6 +13,7 @@ from typing import Any
 from stillroom import settings
 from stillroom.catalog import Catalog
 from stillroom.errors import StillroomError
+from stillroom.runs import reconcile
 
 
 def emit(summary: dict[str, Any]) -> None:
@@ -298,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     started = time.monotonic()
     try:
+        reconcile(Catalog())  # runs left `running` by a killed process become `crashed`
         summary = args.func(args)
     except StillroomError as exc:
         print(f"stillroom: error: {exc}", file=sys.stderr)

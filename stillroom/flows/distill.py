@@ -13,7 +13,7 @@ from prefect.cache_policies import NONE
 from stillroom.catalog import Catalog
 from stillroom.eval.runner import run_suite
 from stillroom.eval.suites import load_suite
-from stillroom.runs import recorded_run
+from stillroom.runs import reconcile, recorded_run
 from stillroom.tasks import datasets, students
 from stillroom.tasks.curation import CurationConfig, curate, load_config
 from stillroom.tasks.diversity import store_report
@@ -73,6 +73,7 @@ def refresh_dataset(teacher: str, prompts: str = DEMO_PROMPTS, max_tokens: int =
 
     `curation` is a curation config YAML (filters and dedupe stages); default: built in.
     """
+    reconcile(Catalog())
     config = load_config(curation).pinned(Catalog().ensure())
     sampling = {"max_tokens": max_tokens, "stop": tuple(stop if stop is not None else ["\n"]),
                 "logprobs_k": logprobs_k, "seed": seed, "temperature": temperature,
@@ -89,6 +90,7 @@ def train_student(dataset: str, name: str, layers: int = 4, epochs: int = 3,
                   batch_size: int = 8, lr: float = 3e-4, kd_weight: float = 0.5,
                   temperature: float = 1.0) -> dict[str, Any]:
     """Cut a student from the dataset's teacher and train it (SFT + top-k KD)."""
+    reconcile(Catalog())
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, kd_weight=kd_weight,
                          temperature=temperature)
     return students.train_student(Catalog(), dataset, name, layers, config)
@@ -98,6 +100,7 @@ def train_student(dataset: str, name: str, layers: int = 4, epochs: int = 3,
 def run_benchmarks(models: list[str], suite: str = DEMO_SUITE) -> list[dict[str, Any]]:
     """Run one suite on each model in turn (teachers first, so students get agreement)."""
     catalog = Catalog()
+    reconcile(catalog)
     loaded = load_suite(suite)
     results = []
     for model in models:
@@ -112,6 +115,7 @@ def distill(teacher: str, prompts: str = DEMO_PROMPTS, suite: str = DEMO_SUITE,
             kd_weight: float = 0.5, max_tokens: int = 16,
             stop: list[str] | None = None) -> dict[str, Any]:
     """The whole loop for one teacher: dataset, student, and teacher-vs-student benchmarks."""
+    reconcile(Catalog())
     student = student or f"{teacher}-student"
     refreshed = refresh_dataset(teacher, prompts, max_tokens=max_tokens, stop=stop,
                                 dataset_name=f"{teacher}-data")
