@@ -25,11 +25,13 @@ def cmd_teacher(args: argparse.Namespace) -> dict[str, Any] | None:
 
     catalog = Catalog()
     if args.action == "add":
-        t = teachers.add_teacher(catalog, args.name, args.model, args.license, args.revision,
-                                 args.gpu_hour_price, args.price_per_1m_tokens)
-        emitted = teachers.emit_registered(t)
+        done = teachers.register_teacher(catalog, args.name, args.model, args.license,
+                                         args.revision, args.gpu_hour_price,
+                                         args.price_per_1m_tokens, args.change_license)
+        t = done.teacher
+        emitted = teachers.emit_registered(t) if done.created else False  # new teachers only
         return {"teacher": t.name, "teacher_id": t.teacher_id, "license": t.license,
-                "event_emitted": emitted}
+                "created": done.created, "changes": done.changes, "event_emitted": emitted}
     if args.action == "list":
         for row in teachers.list_teachers(catalog):
             print(f"{row['name']:<24} {row['license']:<18} {row['model']}"
@@ -173,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     teacher = sub.add_parser("teacher", help="register, list, show and grant teachers")
     tsub = teacher.add_subparsers(dest="action", required=True, metavar="ACTION")
-    add = tsub.add_parser("add", help="register a teacher (emits stillroom.teacher.registered)")
+    add = tsub.add_parser("add", help="register a teacher (a new one emits "
+                                      "stillroom.teacher.registered) or update its price")
     add.add_argument("name")
     add.add_argument("--model", required=True, help="local checkpoint path or hub id (org/name)")
     add.add_argument("--license", required=True, help="license id from the policy table")
@@ -181,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     price = add.add_mutually_exclusive_group()
     price.add_argument("--gpu-hour-price", type=float, help="USD per GPU-hour of serving")
     price.add_argument("--price-per-1m-tokens", type=float, help="USD per 1M output tokens")
+    add.add_argument("--change-license", action="store_true",
+                     help="allow changing a registered teacher's license (recorded with the "
+                          "previous one)")
     tsub.add_parser("list", help="registered teachers")
     show = tsub.add_parser("show", help="a teacher, its license terms and grants")
     show.add_argument("name")
