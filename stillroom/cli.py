@@ -77,7 +77,7 @@ def cmd_expand(args: argparse.Namespace) -> dict[str, Any]:
         requests = expand.evol_requests(seeds, args.operations)
     else:
         requests = expand.self_instruct_requests(seeds, args.count, seed=args.seed)
-    accepted = expand.expand(catalog, teacher, requests)
+    accepted = expand.expand(catalog, teacher, requests, pool=[seed.text for seed in seeds])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", encoding="utf-8") as f:
