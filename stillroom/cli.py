@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 from stillroom import inputs, settings
 from stillroom.catalog import Catalog
 from stillroom.errors import StillroomError
+from stillroom.runs import reconcile
 
 
 def emit(summary: dict[str, Any]) -> None:
@@ -29,11 +30,13 @@ def cmd_teacher(args: argparse.Namespace) -> dict[str, Any] | None:
 
     catalog = Catalog()
     if args.action == "add":
-        t = teachers.add_teacher(catalog, args.name, args.model, args.license, args.revision,
-                                 args.gpu_hour_price, args.price_per_1m_tokens)
-        emitted = teachers.emit_registered(t)
+        done = teachers.register_teacher(catalog, args.name, args.model, args.license,
+                                         args.revision, args.gpu_hour_price,
+                                         args.price_per_1m_tokens, args.change_license)
+        t = done.teacher
+        emitted = teachers.emit_registered(t) if done.created else False  # new teachers only
         return {"teacher": t.name, "teacher_id": t.teacher_id, "license": t.license,
-                "event_emitted": emitted}
+                "created": done.created, "changes": done.changes, "event_emitted": emitted}
     if args.action == "list":
         for row in teachers.list_teachers(catalog):
             print(f"{row['name']:<24} {row['license']:<18} {row['model']}"
@@ -79,7 +82,7 @@ def cmd_expand(args: argparse.Namespace) -> dict[str, Any]:
         requests = expand.evol_requests(seeds, args.operations)
     else:
         requests = expand.self_instruct_requests(seeds, args.count, seed=args.seed)
-    accepted = expand.expand(catalog, teacher, requests)
+    accepted = expand.expand(catalog, teacher, requests, pool=[seed.text for seed in seeds])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", encoding="utf-8") as f:
@@ -294,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     teacher = sub.add_parser("teacher", help="register, list, show and grant teachers")
     tsub = teacher.add_subparsers(dest="action", required=True, metavar="ACTION")
-    add = tsub.add_parser("add", help="register a teacher (emits stillroom.teacher.registered)")
+    add = tsub.add_parser("add", help="register a teacher (a new one emits "
+                                      "stillroom.teacher.registered) or update its price")
     add.add_argument("name", type=NAME)
     add.add_argument("--model", required=True, help="local checkpoint path or hub id (org/name)")
     add.add_argument("--license", required=True, help="license id from the policy table")
@@ -303,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     price.add_argument("--gpu-hour-price", type=PRICE, help="USD per GPU-hour of serving (>= 0)")
     price.add_argument("--price-per-1m-tokens", type=PRICE,
                        help="USD per 1M output tokens (>= 0)")
+    add.add_argument("--change-license", action="store_true",
+                     help="allow changing a registered teacher's license (recorded with the "
+                          "previous one)")
     tsub.add_parser("list", help="registered teachers")
     show = tsub.add_parser("show", help="a teacher, its license terms and grants")
     show.add_argument("name", type=REF)
@@ -468,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = {sig: signal.signal(sig, _raise_stopped) for sig in STOP_SIGNALS
                 if threading.current_thread() is threading.main_thread()}
     try:
+        reconcile(Catalog())  # runs left `running` by a killed process become `crashed`
         summary = args.func(args)
     except StillroomError as exc:
         print(f"stillroom: error: {exc}", file=sys.stderr)

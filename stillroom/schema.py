@@ -240,6 +240,35 @@ MIGRATIONS: list[tuple[int, str]] = [
         """,
     ),
     (
+        6,
+        """
+        -- Crash reconciliation: which process runs each run, and when it last showed life.
+        -- process_start is the boot id and start tick of that pid, so a reused pid is told apart.
+        ALTER TABLE runs ADD COLUMN host VARCHAR;
+        ALTER TABLE runs ADD COLUMN pid INTEGER;
+        ALTER TABLE runs ADD COLUMN process_start VARCHAR;
+        ALTER TABLE runs ADD COLUMN heartbeat_at TIMESTAMP;
+        -- Every license change of a registered teacher, with the license it replaced.
+        CREATE TABLE teacher_license_changes (
+            teacher_id        VARCHAR NOT NULL,
+            previous_license  VARCHAR NOT NULL,
+            license           VARCHAR NOT NULL,
+            changed_at        TIMESTAMP NOT NULL
+        );
+        -- Expansion calls are priced like generation calls.
+        ALTER TABLE expansions ADD COLUMN output_tokens INTEGER;
+        ALTER TABLE expansions ADD COLUMN usd DOUBLE;
+        -- Eval items are committed as they finish; each carries its share of tokens and time
+        -- so a resumed eval still reports tokens/s over every item.
+        ALTER TABLE eval_items ADD COLUMN output_tokens INTEGER;
+        ALTER TABLE eval_items ADD COLUMN wall_s DOUBLE;
+        -- A suite that does not name `accuracy` stores NULL there.
+        ALTER TABLE eval_results ALTER COLUMN accuracy DROP NOT NULL;
+        ALTER TABLE eval_results ALTER COLUMN ci_low DROP NOT NULL;
+        ALTER TABLE eval_results ALTER COLUMN ci_high DROP NOT NULL;
+        """,
+    ),
+    (
         7,
         """
         -- Students are versioned (`name@N`) and never overwritten: the unique name becomes a

@@ -1,4 +1,5 @@
-"""Crash safety: `kill -9` mid-run loses no committed row and re-sends no answered request."""
+"""Crash safety: `kill -9` mid-run loses no committed row, re-sends no answered request, and
+leaves the run `crashed` (reconciled by the next command), not `running`."""
 
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ def test_kill_9_then_rerun_loses_nothing_and_repeats_nothing(tiny_model: Path,
     survived = catalog.scalar("SELECT count(*) FROM responses")
     assert 10 <= survived < PROMPTS
     assert catalog.scalar("SELECT count(DISTINCT request_key) FROM responses") == survived
+    assert catalog.scalar("SELECT status FROM runs WHERE kind = 'generate'") == "running"
 
     rerun = generate_cli(home, prompts)
     out, _ = rerun.communicate(timeout=600)
@@ -53,3 +55,8 @@ def test_kill_9_then_rerun_loses_nothing_and_repeats_nothing(tiny_model: Path,
     assert summary["requests_sent"] == summary["responses_stored"] == PROMPTS - survived
     assert catalog.scalar("SELECT count(*) FROM responses") == PROMPTS
     assert catalog.scalar("SELECT count(DISTINCT request_key) FROM responses") == PROMPTS
+    # The re-run reconciled first: the killed run is crashed, not running forever.
+    runs = catalog.rows("SELECT status, summary FROM runs WHERE kind = 'generate'"
+                        " ORDER BY started_at")
+    assert [r["status"] for r in runs] == ["crashed", "completed"]
+    assert f"process {victim.pid} " in json.loads(runs[0]["summary"])["crashed"]

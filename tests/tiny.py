@@ -33,7 +33,8 @@ def _memorise(model, tokenizer, texts: list[str], steps: int = 150) -> None:
     model.eval()
 
 
-def build_tiny_model(out: Path, seed: int = 0) -> Path:
+def build_tiny_model(out: Path, seed: int = 0, corpus: list[str] = CORPUS) -> Path:
+    """The model trained on `corpus` (the default one unless a test needs other habits)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -45,7 +46,7 @@ def build_tiny_model(out: Path, seed: int = 0) -> Path:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=384, special_tokens=["<pad>", "<bos>", "<eos>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(CORPUS * 20, trainer)
+    tok.train_from_iterator(corpus * 20, trainer)
     tok.post_processor = processors.TemplateProcessing(
         single="<bos> $A", special_tokens=[("<bos>", tok.token_to_id("<bos>"))])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
@@ -57,7 +58,7 @@ def build_tiny_model(out: Path, seed: int = 0) -> Path:
                          bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
                          pad_token_id=fast.pad_token_id)
     model = LlamaForCausalLM(config)
-    _memorise(model, fast, CORPUS)
+    _memorise(model, fast, corpus)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     fast.save_pretrained(out)

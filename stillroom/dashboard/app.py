@@ -8,6 +8,7 @@ import streamlit as st
 from stillroom.catalog import Catalog
 from stillroom.dashboard import queries
 from stillroom.errors import StillroomError
+from stillroom.runs import reconcile
 
 
 def accuracy_chart(table) -> alt.LayerChart:
@@ -125,6 +126,7 @@ def data(catalog: Catalog) -> None:
 def main() -> None:
     st.set_page_config(page_title="Stillroom", layout="wide")
     catalog = Catalog()
+    reconcile(catalog)  # a run whose process died shows as crashed, not running
     pages = {"Overview": overview, "Responses": browse, "Datasets": data}
     choice = st.sidebar.radio("Page", list(pages))
     st.sidebar.caption(f"Catalog: {catalog.path}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -11,10 +10,10 @@ from typing import Any
 from stillroom.catalog import Catalog, insert_many
 from stillroom.errors import StillroomError
 from stillroom.eval.metrics import METRICS, score_with
-from stillroom.eval.suites import Suite
+from stillroom.eval.suites import Suite, SuiteItem
 from stillroom.hashing import content_hash
 from stillroom.runs import recorded_run
-from stillroom.tasks.engine import Engine, engine_for
+from stillroom.tasks.engine import Engine, RequestFailure, engine_for
 from stillroom.tasks.teachers import Teacher, get_teacher
 
 log = logging.getLogger(__name__)
@@ -30,14 +29,18 @@ class ModelRef:
 
 
 def resolve_model(catalog: Catalog, name: str) -> ModelRef:
+    """A teacher by name, or a student by `name` (its latest version) or `name@N`."""
     if catalog.rows("SELECT 1 FROM teachers WHERE name = ?", [name]):
         t = get_teacher(catalog, name)
         return ModelRef("teacher", name, t.model, t.revision, t)
-    rows = catalog.rows("SELECT path, provenance FROM students WHERE name = ?", [name])
-    if not rows:
-        raise StillroomError(f"no teacher or student named {name!r}", where="--model")
-    teacher_name = json.loads(rows[0]["provenance"])["teachers"][0]["name"]
-    return ModelRef("student", name, rows[0]["path"], None, get_teacher(catalog, teacher_name))
+    from stillroom.tasks.students import resolve_student
+
+    try:
+        student = resolve_student(catalog, name, where="--model")
+    except StillroomError as exc:
+        raise StillroomError(f"no teacher or student named {name!r}", where="--model") from exc
+    teacher_name = student["provenance"]["teachers"][0]["name"]
+    return ModelRef("student", name, student["path"], None, get_teacher(catalog, teacher_name))
 
 
 def usd_per_1m(ref: ModelRef, tokens_per_s: float) -> float | None:
@@ -58,20 +61,84 @@ def _teacher_outputs(catalog: Catalog, teacher: str, suite_hash: str) -> dict[st
     return {r["item_id"]: r["output"] for r in rows}
 
 
-def run_suite(catalog: Catalog, model_name: str, suite: Suite,
-              engine: Engine | None = None) -> dict[str, Any]:
-    """Greedy answers for every item, scored; returns and stores accuracy, CI, agreement, speed."""
+COMMIT_EVERY = 16  # finished items per committed batch: a killed eval loses at most these
+
+
+def measured_key(ref: ModelRef, suite: Suite) -> str:
+    """What an eval measures: the model (kind, name, weights, revision) and the suite."""
+    return content_hash(ref.kind, ref.name, ref.path, ref.revision, suite.suite_hash)
+
+
+def open_eval_id(catalog: Catalog, ref: ModelRef, suite: Suite) -> str:
+    """The eval this run fills in: the one a killed run left unfinished (items, no result),
+    or else a new one, numbered by how many evals of this model and suite completed."""
+    completed = catalog.scalar(
+        "SELECT count(*) FROM eval_results WHERE model_name = ? AND suite_hash = ?",
+        [ref.name, suite.suite_hash])
+    return content_hash(measured_key(ref, suite), completed)
+
+
+def _answer_items(catalog: Catalog, engine: Engine, suite: Suite, todo: list[SuiteItem],
+                  eval_id: str, commit_every: int) -> None:
+    """Generate and score `todo`, committing every `commit_every` finished items with their
+    tokens and their token share of the engine time since the previous commit."""
+    rendered = [engine.render(item.prompt) for item in todo]
+    pending: list[tuple[SuiteItem, str, int]] = []
+
+    def commit(seconds: float) -> None:
+        tokens = sum(n for _, _, n in pending)
+        rows = [(eval_id, item.item_id, item.prompt.reference["question"], out,
+                 str(item.prompt.reference["answer"]),
+                 score_with(item.scorer, out, item.prompt.reference, task=item.prompt.task),
+                 n, seconds * (n / tokens if tokens else 1 / len(pending)))
+                for item, out, n in pending]
+        with catalog.write() as conn:
+            insert_many(conn, "INSERT OR IGNORE INTO eval_items (eval_id, item_id, prompt,"
+                              " output, expected, score, output_tokens, wall_s)"
+                              " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        pending.clear()
+
+    since = time.monotonic()
+    for index, samples in engine.stream(rendered, suite.sampling):
+        if isinstance(samples, RequestFailure):
+            if pending:
+                commit(time.monotonic() - since)
+            raise StillroomError(f"item {todo[index].item_id} failed after {samples.attempts}"
+                                 f" attempt(s): {samples.reason}", where=engine.model)
+        pending.append((todo[index], samples[0].text.strip(), len(samples[0].token_ids)))
+        if len(pending) >= commit_every:
+            commit(time.monotonic() - since)
+            since = time.monotonic()  # the commit itself is not the model's time
+    if pending:
+        commit(time.monotonic() - since)
+
+
+def run_suite(catalog: Catalog, model_name: str, suite: Suite, engine: Engine | None = None,
+              commit_every: int = COMMIT_EVERY) -> dict[str, Any]:
+    """Greedy answers for every item, scored; returns and stores the suite's metrics, speed
+    and cost. Items are committed in batches as they finish; a re-run after a crash resumes
+    the unfinished eval and generates only the items it lacks.
+
+    Only the metrics the suite names are computed: without `accuracy` the result's
+    accuracy and interval columns are NULL."""
     ref = resolve_model(catalog, model_name)
-    with recorded_run(catalog, "eval", {"model": model_name, "suite": suite.name}) as run:
-        engine = engine or engine_for(ref.path, ref.revision)
-        rendered = [engine.render(item.prompt) for item in suite.items]
-        started = time.monotonic()
-        results = engine.generate(rendered, suite.sampling)
-        wall = time.monotonic() - started
-        outputs = [samples[0].text.strip() for samples in results]
-        tokens = sum(len(samples[0].token_ids) for samples in results)
-        scores = [score_with(item.scorer, out, item.prompt.reference, task=item.prompt.task)
-                  for item, out in zip(suite.items, outputs, strict=True)]
+    eval_id = open_eval_id(catalog, ref, suite)
+    with recorded_run(catalog, "eval", {"model": model_name, "suite": suite.name,
+                                        "eval_id": eval_id}) as run:
+        done = {r["item_id"] for r in catalog.rows(
+            "SELECT item_id FROM eval_items WHERE eval_id = ?", [eval_id])}
+        todo = [item for item in suite.items if item.item_id not in done]
+        if todo:
+            engine = engine or engine_for(ref.path, ref.revision)
+            _answer_items(catalog, engine, suite, todo, eval_id, commit_every)
+        stored = {r["item_id"]: r for r in catalog.rows(
+            "SELECT item_id, output, score, coalesce(output_tokens, 0) AS output_tokens,"
+            " coalesce(wall_s, 0) AS wall_s FROM eval_items WHERE eval_id = ?", [eval_id])}
+        answered = [stored[item.item_id] for item in suite.items]
+        scores = [r["score"] for r in answered]
+        outputs = [r["output"] for r in answered]
+        tokens = sum(r["output_tokens"] for r in answered)
+        wall = sum(r["wall_s"] for r in answered)
         teacher_out = {} if ref.kind == "teacher" else _teacher_outputs(
             catalog, ref.teacher.name, suite.suite_hash)
         reference_outputs = [teacher_out.get(item.item_id, "") for item in suite.items]
@@ -82,23 +149,19 @@ def run_suite(catalog: Catalog, model_name: str, suite: Suite,
                                          else None))
         tokens_per_s = tokens / wall if wall > 0 else 0.0
         cost = usd_per_1m(ref, tokens_per_s)
-        eval_id = content_hash(model_name, suite.suite_hash, run.run_id)
         with catalog.write() as conn:
             conn.execute(
-                "INSERT INTO eval_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-                " now())",
+                "INSERT OR IGNORE INTO eval_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+                " ?, ?, ?, now())",
                 [eval_id, ref.kind, model_name, suite.name, suite.suite_hash, len(scores),
-                 figures["accuracy"], figures["ci_low"], figures["ci_high"],
+                 figures.get("accuracy"), figures.get("ci_low"), figures.get("ci_high"),
                  figures.get("agreement"), tokens, wall, tokens_per_s, cost, run.run_id])
-            insert_many(conn, "INSERT INTO eval_items VALUES (?, ?, ?, ?, ?, ?)",
-                [(eval_id, item.item_id, item.prompt.reference["question"], out,
-                  str(item.prompt.reference["answer"]), score)
-                 for item, out, score in zip(suite.items, outputs, scores, strict=True)])
         run.summary.update(eval_id=eval_id, model=model_name, kind=ref.kind, suite=suite.name,
-                           items=len(scores), output_tokens=tokens, wall_s=round(wall, 3),
-                           tokens_per_s=round(tokens_per_s, 2),
+                           items=len(scores), items_generated=len(todo),
+                           items_resumed=len(done), output_tokens=tokens,
+                           wall_s=round(wall, 3), tokens_per_s=round(tokens_per_s, 2),
                            usd_per_1m_tokens=round(cost, 4) if cost is not None else None,
                            **{k: round(v, 4) for k, v in figures.items()})
-    log.info("%s on %s: accuracy %.3f [%.3f, %.3f]", model_name, suite.name,
-             figures["accuracy"], figures["ci_low"], figures["ci_high"])
+    log.info("%s on %s: %s", model_name, suite.name,
+             ", ".join(f"{k} {v:.3f}" for k, v in figures.items()) or "no metrics")
     return run.summary

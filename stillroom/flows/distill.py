@@ -15,7 +15,7 @@ from stillroom.catalog import Catalog
 from stillroom.errors import StillroomError
 from stillroom.eval.runner import resolve_model, run_suite
 from stillroom.eval.suites import load_suite
-from stillroom.runs import recorded_run
+from stillroom.runs import reconcile, recorded_run
 from stillroom.tasks import datasets, students
 from stillroom.tasks.curation import CurationConfig, curate, load_config
 from stillroom.tasks.diversity import store_report
@@ -76,6 +76,7 @@ def refresh_dataset(teacher: str, prompts: str = DEMO_PROMPTS, max_tokens: int =
     `curation` is a curation config YAML (filters and dedupe stages); default: built in.
     Every parameter is checked before any work (deployments pass what users typed).
     """
+    reconcile(Catalog())
     stop = inputs.strings(stop, "stop") if stop is not None else ["\n"]
     sampling = {"max_tokens": max_tokens, "stop": tuple(stop),
                 "logprobs_k": logprobs_k, "seed": inputs.whole_number(seed, "seed", minimum=0),
@@ -100,6 +101,7 @@ def train_student(dataset: str, name: str, layers: int = 4, epochs: int = 3,
                   batch_size: int = 8, lr: float = 3e-4, kd_weight: float = 0.5,
                   temperature: float = 1.0) -> dict[str, Any]:
     """Cut a student from the dataset's teacher and train it (SFT + top-k KD)."""
+    reconcile(Catalog())
     inputs.reference(dataset, "dataset")
     inputs.name(name, "name")
     inputs.whole_number(layers, "layers", minimum=1)
@@ -112,6 +114,7 @@ def train_student(dataset: str, name: str, layers: int = 4, epochs: int = 3,
 def run_benchmarks(models: list[str], suite: str = DEMO_SUITE) -> list[dict[str, Any]]:
     """Run one suite on each model in turn (teachers first, so students get agreement)."""
     catalog = Catalog()
+    reconcile(catalog)
     if not isinstance(models, list) or not models:
         raise StillroomError("give at least one teacher or student name", where="models")
     for model in models:  # every name resolves before the first model runs
@@ -133,6 +136,7 @@ def distill(teacher: str, prompts: str = DEMO_PROMPTS, suite: str = DEMO_SUITE,
 
     Parameters the later stages take are checked first, so a bad one fails in seconds, not
     after generation and training."""
+    reconcile(Catalog())
     student = students.validate_student_name(student or f"{teacher}-student", "student")
     inputs.whole_number(layers, "layers", minimum=1)
     TrainConfig(epochs=epochs, kd_weight=kd_weight)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from stillroom import inputs
 from stillroom.catalog import Catalog
 from stillroom.errors import StillroomError
 from stillroom.hashing import content_hash
@@ -43,9 +44,7 @@ def _looks_like_path(model: str) -> bool:
 def validate_spec(name: str, model: str, license_id: str, gpu_hour_usd: float | None,
                   per_1m_tokens_usd: float | None) -> None:
     """Check a teacher spec fully before anything is written."""
-    if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise StillroomError(f"teacher name {name!r} must be letters, digits, '-', '_' or '.'",
-                             where="NAME")
+    inputs.name(name, "NAME")
     if not model.strip():
         raise StillroomError("model is empty", where="--model")
     if _looks_like_path(model):
@@ -65,10 +64,26 @@ def validate_spec(name: str, model: str, license_id: str, gpu_hour_usd: float | 
             raise StillroomError(f"price must be >= 0, got {price}", where=flag)
 
 
-def add_teacher(catalog: Catalog, name: str, model: str, license_id: str,
-                revision: str | None = None, gpu_hour_usd: float | None = None,
-                per_1m_tokens_usd: float | None = None) -> Teacher:
-    """Register a teacher (idempotent for an identical spec); see `emit_registered`."""
+@dataclass(frozen=True)
+class Registration:
+    """What `register_teacher` did: the teacher as stored, whether it is new, and each
+    changed field of an existing one as (previous, new)."""
+
+    teacher: Teacher
+    created: bool
+    changes: dict[str, tuple[Any, Any]]
+
+
+def register_teacher(catalog: Catalog, name: str, model: str, license_id: str,
+                     revision: str | None = None, gpu_hour_usd: float | None = None,
+                     per_1m_tokens_usd: float | None = None,
+                     change_license: bool = False) -> Registration:
+    """Register a teacher, or update an existing one (same name, model and revision).
+
+    An existing teacher's license changes only with `change_license`, and each change is
+    recorded in `teacher_license_changes` with the license it replaced. A given price
+    replaces the price model; none keeps the stored one.
+    """
     validate_spec(name, model, license_id, gpu_hour_usd, per_1m_tokens_usd)
     if _looks_like_path(model):
         model = str(Path(model).expanduser().resolve())
@@ -77,35 +92,75 @@ def add_teacher(catalog: Catalog, name: str, model: str, license_id: str,
     catalog.ensure()
     with catalog.write() as conn:
         clash = conn.execute(
-            "SELECT name, teacher_id FROM teachers WHERE name = ? OR teacher_id = ?",
-            [name, teacher.teacher_id],
-        ).fetchall()
-        existing = {row[0]: row[1] for row in clash}
-        if existing.get(name) == teacher.teacher_id:
-            conn.execute(
-                "UPDATE teachers SET license = ?, gpu_hour_usd = ?, per_1m_tokens_usd = ?"
-                " WHERE teacher_id = ?",
-                [license_id, gpu_hour_usd, per_1m_tokens_usd, teacher.teacher_id],
-            )
-        elif existing:
+            "SELECT name, teacher_id, license, gpu_hour_usd, per_1m_tokens_usd FROM teachers"
+            " WHERE name = ? OR teacher_id = ?", [name, teacher.teacher_id]).fetchall()
+        existing = {row[0]: row for row in clash}
+        if name in existing and existing[name][1] == teacher.teacher_id:
+            _, _, license_was, *prices_were = existing[name]
+            return _update(conn, teacher, license_was, tuple(prices_were), change_license)
+        if existing:
             other = next(iter(existing))
             raise StillroomError(
                 f"teacher {other!r} is already registered with "
                 + ("this name" if other == name else "this model and revision"),
                 where=name,
             )
-        else:
-            conn.execute(
-                "INSERT INTO teachers VALUES (?, ?, ?, ?, ?, ?, ?, now())",
-                [teacher.teacher_id, name, model, revision, license_id, gpu_hour_usd,
-                 per_1m_tokens_usd],
-            )
+        conn.execute(
+            "INSERT INTO teachers VALUES (?, ?, ?, ?, ?, ?, ?, now())",
+            [teacher.teacher_id, name, model, revision, license_id, gpu_hour_usd,
+             per_1m_tokens_usd],
+        )
     log.info("registered teacher %s (%s, license %s)", name, model, license_id)
-    return teacher
+    return Registration(teacher, True, {})
+
+
+def _update(conn: Any, teacher: Teacher, license_was: str,
+            prices_were: tuple[float | None, float | None],
+            change_license: bool) -> Registration:
+    """Apply a re-registration to the stored teacher (inside the caller's transaction)."""
+    changes: dict[str, tuple[Any, Any]] = {}
+    if teacher.license != license_was:
+        if not change_license:
+            raise StillroomError(
+                f"teacher {teacher.name!r} is registered under license {license_was!r}; "
+                f"pass --change-license to change it to {teacher.license!r} (the change is "
+                "recorded)", where="--license")
+        conn.execute("INSERT INTO teacher_license_changes VALUES (?, ?, ?, now())",
+                     [teacher.teacher_id, license_was, teacher.license])
+        changes["license"] = (license_was, teacher.license)
+    prices = (teacher.gpu_hour_usd, teacher.per_1m_tokens_usd)
+    if prices == (None, None):  # no price given: keep the stored price model
+        teacher = replace(teacher, gpu_hour_usd=prices_were[0],
+                          per_1m_tokens_usd=prices_were[1])
+    elif prices != prices_were:
+        changes["price"] = (prices_were, prices)
+    if changes:
+        conn.execute("UPDATE teachers SET license = ?, gpu_hour_usd = ?, per_1m_tokens_usd = ?"
+                     " WHERE teacher_id = ?", [teacher.license, teacher.gpu_hour_usd,
+                                               teacher.per_1m_tokens_usd, teacher.teacher_id])
+        log.info("updated teacher %s: %s", teacher.name, changes)
+    return Registration(teacher, False, changes)
+
+
+def add_teacher(catalog: Catalog, name: str, model: str, license_id: str,
+                revision: str | None = None, gpu_hour_usd: float | None = None,
+                per_1m_tokens_usd: float | None = None,
+                change_license: bool = False) -> Teacher:
+    """Register a teacher (idempotent for an identical spec); see `register_teacher`."""
+    return register_teacher(catalog, name, model, license_id, revision, gpu_hour_usd,
+                            per_1m_tokens_usd, change_license).teacher
+
+
+def license_history(catalog: Catalog, teacher: Teacher) -> list[dict[str, Any]]:
+    """Every license change of `teacher`, oldest first."""
+    return catalog.rows(
+        "SELECT previous_license, license, changed_at FROM teacher_license_changes"
+        " WHERE teacher_id = ? ORDER BY changed_at", [teacher.teacher_id])
 
 
 def emit_registered(teacher: Teacher) -> bool:
-    """Emit `stillroom.teacher.registered` so the event-triggered distill deployment runs.
+    """Emit `stillroom.teacher.registered` so the event-triggered distill deployment runs;
+    only for a new teacher (`Registration.created`), never for an update.
 
     Only where a Prefect API is configured (`stillroom serve`, a server, Cloud): with none,
     Prefect would start a throwaway server that dies with this process, so nobody could react.
@@ -168,7 +223,8 @@ def describe(catalog: Catalog, name: str) -> dict[str, Any]:
     teacher = get_teacher(catalog, name)
     terms = terms_for(teacher.license)
     return {**asdict(teacher), "license_name": terms.name, "verdict": terms.verdict,
-            "obligations": list(terms.obligations), "grants": grants_for(catalog, teacher)}
+            "obligations": list(terms.obligations), "grants": grants_for(catalog, teacher),
+            "license_history": license_history(catalog, teacher)}
 
 
 def authorize(catalog: Catalog, teacher: Teacher, noncommercial: bool = False) -> LicenseTerms:
