@@ -469,7 +469,11 @@ def _raise_stopped(signum: int, _frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; its exit code (2 for bad input, whether argparse or a command found it)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse has printed its one line (or --help)
+        return exc.code if isinstance(exc.code, int) else 2
     configure_logging()
     started = time.monotonic()
     previous = {sig: signal.signal(sig, _raise_stopped) for sig in STOP_SIGNALS
