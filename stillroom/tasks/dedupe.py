@@ -32,13 +32,14 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from stillroom.catalog import Catalog, insert_many
 from stillroom.errors import StillroomError
-from stillroom.eval.metrics import normalize
+from stillroom.eval.metrics import NORMALIZE_VERSION, normalize
 from stillroom.hashing import content_hash
 from stillroom.tasks.filters import FILTERS, Verdict, write_verdicts
 from stillroom.tasks.subject import SUBJECT_KEY, subject_sql
@@ -61,7 +62,24 @@ class Match(NamedTuple):
     similarity: float
 
 
-StageFn = Callable[[Catalog, list[Candidate], list[Candidate]], list[Match | None]]
+class Kept:
+    """The rows a stage kept earlier in one group, as SQL (`ids_sql` with `params`),
+    loaded into Python only by a stage that asks for `candidates`."""
+
+    def __init__(self, catalog: Catalog, sql: str, params: dict[str, Any]) -> None:
+        self.catalog, self.sql, self.params = catalog, sql, params
+
+    @property
+    def ids_sql(self) -> str:
+        return f"SELECT response_id FROM ({self.sql})"
+
+    @cached_property
+    def candidates(self) -> list[Candidate]:
+        rows = self.catalog.rows(self.sql, sql_params(self.sql, self.params))
+        return [Candidate(r["response_id"], r["subject"], r["label"], r["grp"]) for r in rows]
+
+
+StageFn = Callable[[Catalog, Kept, list[Candidate]], list[Match | None]]
 
 
 class Stage(NamedTuple):
@@ -140,34 +158,68 @@ _JUDGING_ORDER = ("ORDER BY (p.reference IS NULL), (c.finish_reason IS DISTINCT 
                   " length(c.text), c.created_at, c.response_id")
 
 
-def _candidates(catalog: Catalog, filter_names: list[str], previous: str | None, name: str,
-                keys: dict[str, Any], scope: str, decided: bool) -> list[Candidate]:
+def _candidates_sql(filter_names: list[str], previous: str | None, name: str, scope: str,
+                    decided: bool) -> str:
     """Rows kept so far that this stage has (decided) or has not yet (not decided) judged
-    under `$key`; decided ones are only those it kept."""
+    under `$key`, in judging order; decided ones are only those it kept and, where
+    `$group` is set, only that group's."""
     verdict = (f"EXISTS (SELECT 1 FROM verdicts v WHERE v.response_id = c.response_id"
                f" AND v.stage = '{stage_name(name)}' AND v.config_hash = $key"
                + (" AND v.keep)" if decided else ")"))
     group = "c.teacher_id" if scope == "teacher" else "''"
-    sql = (f"SELECT c.response_id, {subject_sql('p', 'c')} AS subject,"
-           f" json_extract_string(p.reference, '$.answer') AS label, {group} AS grp"
-           f" FROM ({kept_by_filters_sql(filter_names, previous)}) c JOIN prompts p"
-           f" USING (prompt_id) WHERE {'' if decided else 'NOT '}{verdict} {_JUDGING_ORDER}")
-    rows = catalog.rows(sql, sql_params(sql, keys))
-    return [Candidate(r["response_id"], r["subject"], r["label"], r["grp"]) for r in rows]
+    in_group = f" AND {group} = $group" if decided else ""
+    return (f"SELECT c.response_id, {subject_sql('p', 'c')} AS subject,"
+            f" json_extract_string(p.reference, '$.answer') AS label, {group} AS grp"
+            f" FROM ({kept_by_filters_sql(filter_names, previous)}) c JOIN prompts p"
+            f" USING (prompt_id) WHERE {'' if decided else 'NOT '}{verdict}{in_group}"
+            f" {_JUDGING_ORDER}")
+
+
+def subject_hash_key() -> str:
+    """What a stored normalised-subject hash depends on: the subject's definition and the
+    normalisation (which rows it is compared with is the verdicts' business, not the hash's)."""
+    return content_hash("exact-subject", SUBJECT_KEY, NORMALIZE_VERSION)
+
+
+def _store_subject_hashes(catalog: Catalog, rows: list[Candidate]) -> list[str]:
+    """Hash `rows`' normalised subjects and store the hashes (each row is hashed once)."""
+    hashes = [content_hash(normalize(c.subject)) for c in rows]
+    with catalog.write() as conn:
+        insert_many(conn, "INSERT OR IGNORE INTO subject_hashes VALUES (?, ?, ?)",
+                    [(c.response_id, subject_hash_key(), h)
+                     for c, h in zip(rows, hashes, strict=True)])
+    return hashes
 
 
 @stage("exact")
 def exact() -> Stage:
-    """Same normalised subject (case, width and whitespace ignored)."""
-    def judge(catalog: Catalog, kept: list[Candidate], new: list[Candidate]) -> list[Match | None]:
-        seen = {content_hash(normalize(c.subject)): c.response_id for c in reversed(kept)}
+    """Same normalised subject (case, width and whitespace ignored).
+
+    Only the new rows are hashed; their hashes are matched with the stored hashes of the
+    rows kept earlier by one SQL join (rows judged before hashes were stored get theirs
+    stored the first time they are needed)."""
+    def judge(catalog: Catalog, kept: Kept, new: list[Candidate]) -> list[Match | None]:
+        key = subject_hash_key()
+        params = {**sql_params(kept.sql, kept.params), "hkey": key}
+        unhashed_sql = (f"SELECT c.* FROM ({kept.sql}) c WHERE NOT EXISTS (SELECT 1 FROM"
+                        " subject_hashes h WHERE h.response_id = c.response_id"
+                        " AND h.hash_key = $hkey)")
+        unhashed = catalog.rows(unhashed_sql, params)
+        if unhashed:
+            _store_subject_hashes(catalog, [Candidate(r["response_id"], r["subject"], r["label"],
+                                                      r["grp"]) for r in unhashed])
+        hashes = _store_subject_hashes(catalog, new)
+        seen = {r["hash"]: r["response_id"] for r in catalog.rows(
+            f"SELECT h.hash, min(h.response_id) AS response_id FROM subject_hashes h"
+            f" WHERE h.hash_key = $hkey AND h.hash IN (SELECT unnest($hashes))"
+            f" AND h.response_id IN ({kept.ids_sql}) GROUP BY h.hash",
+            {**params, "hashes": sorted(set(hashes))})}
         matches: list[Match | None] = []
-        for c in new:
-            key = content_hash(normalize(c.subject))
-            matches.append(Match(seen[key], 1.0) if key in seen else None)
-            seen.setdefault(key, c.response_id)
+        for c, h in zip(new, hashes, strict=True):
+            matches.append(Match(seen[h], 1.0) if h in seen else None)
+            seen.setdefault(h, c.response_id)
         return matches
-    return Stage(judge, {"version": 1, "subject": SUBJECT_KEY})
+    return Stage(judge, {"version": 1, "subject": SUBJECT_KEY, "normalize": NORMALIZE_VERSION})
 
 
 @stage("near")
@@ -183,10 +235,10 @@ def near(ngram: int = 5, bands: int = 20, rows: int = 5, threshold: float = 0.65
     hasher = MinHasher(MinHashParams(ngram, bands, rows, threshold, seed))
     phash = signature_key(hasher)
 
-    def judge(catalog: Catalog, kept: list[Candidate], new: list[Candidate]) -> list[Match | None]:
+    def judge(catalog: Catalog, kept: Kept, new: list[Candidate]) -> list[Match | None]:
         shingles, counts = hasher.shingles([c.subject for c in new])
         fresh = _signatures(catalog, hasher, new, shingles, counts)
-        kept_by_id = {c.response_id: c for c in kept}
+        kept_by_id = {c.response_id: c for c in kept.candidates}
         with catalog.reader() as conn:
             earlier = conn.execute(
                 "SELECT s.response_id, s.signature FROM minhash_signatures s"
@@ -262,7 +314,8 @@ def semantic(threshold: float = 0.95, min_content_overlap: float = 0.8,
                              where="dedupe.semantic")
     model_path = model or embeddings.default_model()
 
-    def judge(catalog: Catalog, kept: list[Candidate], new: list[Candidate]) -> list[Match | None]:
+    def judge(catalog: Catalog, kept_rows: Kept, new: list[Candidate]) -> list[Match | None]:
+        kept = kept_rows.candidates
         vectors = embeddings.vectors(catalog, model_path, kept + new)
         reps = list(kept)  # representatives so far; their vectors are the first len(reps) rows
         rep_vectors = np.empty_like(vectors)
@@ -318,12 +371,13 @@ def dedupe(catalog: Catalog, filter_names: list[str], hashes: dict[str, str],
     previous: str | None = None
     for name, built in stages.items():
         params = {"fhash": hashes["fhash"], "dkey": keys.get(previous), "key": keys[name]}
-        new = _candidates(catalog, filter_names, previous, name, params, scope, decided=False)
+        new_sql = _candidates_sql(filter_names, previous, name, scope, decided=False)
+        new = [Candidate(r["response_id"], r["subject"], r["label"], r["grp"])
+               for r in catalog.rows(new_sql, sql_params(new_sql, params))]
         dropped = 0
         if new:
-            kept = _candidates(catalog, filter_names, previous, name, params, scope,
-                               decided=True)
-            matches = _judge_within_groups(catalog, built.judge, kept, new)
+            kept_sql = _candidates_sql(filter_names, previous, name, scope, decided=True)
+            matches = _judge_within_groups(catalog, built.judge, kept_sql, params, new)
             _record(catalog, name, keys[name], run_id, new, matches)
             dropped = sum(m is not None for m in matches)
         counts[name] = {"judged": len(new), "dropped": dropped}
@@ -333,8 +387,8 @@ def dedupe(catalog: Catalog, filter_names: list[str], hashes: dict[str, str],
     return counts
 
 
-def _judge_within_groups(catalog: Catalog, judge: StageFn, kept: list[Candidate],
-                         new: list[Candidate]) -> list[Match | None]:
+def _judge_within_groups(catalog: Catalog, judge: StageFn, kept_sql: str,
+                         params: dict[str, Any], new: list[Candidate]) -> list[Match | None]:
     """Judge each group's new rows against that group's kept rows only (clusters never
     span groups); groups without new rows are not looked at."""
     positions: dict[str, list[int]] = {}
@@ -342,7 +396,8 @@ def _judge_within_groups(catalog: Catalog, judge: StageFn, kept: list[Candidate]
         positions.setdefault(c.group, []).append(i)
     matches: list[Match | None] = [None] * len(new)
     for group, members in positions.items():
-        found = judge(catalog, [c for c in kept if c.group == group], [new[i] for i in members])
+        kept = Kept(catalog, kept_sql, {**params, "group": group})
+        found = judge(catalog, kept, [new[i] for i in members])
         for i, match in zip(members, found, strict=True):
             matches[i] = match
     return matches
