@@ -164,3 +164,27 @@ def test_existing_versions_survive_the_row_storage_migration(
     migrated = Catalog(old.path).ensure()
     assert migrated.scalar("SELECT max(version) FROM schema_version") == 8
     assert version_rows(migrated, "old") == list(reversed(ids))
+
+
+def test_a_night_loads_only_its_new_rows_and_their_near_candidates(
+        catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exact and near dedupe read into Python only tonight's rows and the kept rows that
+    share a MinHash band with them, not every row kept before."""
+    near = CurationConfig({"empty": {}}, {"exact": {}, "near": {}})
+    night1 = add_rows(catalog, notes(0, 40))
+    curate(catalog, near, "night-1")
+    loaded: list[str] = []
+    real_rows = Catalog.rows
+
+    def counting(self: Catalog, sql: str, params: object = ()) -> list[dict]:
+        rows = real_rows(self, sql, params)
+        loaded.extend(r.get("response_id", "") for r in rows)
+        return rows
+    monkeypatch.setattr(Catalog, "rows", counting)
+    edited_note = {"question": "Write note 7.", "response": paragraph(7, 12) + " Indeed."}
+    night2 = add_rows(catalog, [edited_note, *notes(40, 42)])
+    assert curate(catalog, near, "night-2")["dedupe"]["near"] == {"judged": 3, "dropped": 1}
+    assert catalog.scalar("SELECT representative_id FROM duplicate_links WHERE response_id = ?",
+                          [night2[0]]) == night1[7]
+    assert set(loaded) - set(night2) <= {night1[7], ""}  # its representative, nothing else
+    assert len(loaded) < 20

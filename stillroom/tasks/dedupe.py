@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from functools import cached_property
+from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -63,11 +63,13 @@ class Match(NamedTuple):
 
 
 class Kept:
-    """The rows a stage kept earlier in one group, as SQL (`ids_sql` with `params`),
-    loaded into Python only by a stage that asks for `candidates`."""
+    """The rows a stage kept earlier in one group, as SQL (`sql`, `ids_sql` with `params`),
+    loaded into Python only as far as a stage asks: all (`candidates`) or some (`where`)."""
 
-    def __init__(self, catalog: Catalog, sql: str, params: dict[str, Any]) -> None:
-        self.catalog, self.sql, self.params = catalog, sql, params
+    def __init__(self, catalog: Catalog, sql_where: Callable[[str], str],
+                 params: dict[str, Any]) -> None:
+        self.catalog, self.sql_where, self.params = catalog, sql_where, params
+        self.sql = sql_where("")
 
     @property
     def ids_sql(self) -> str:
@@ -75,7 +77,12 @@ class Kept:
 
     @cached_property
     def candidates(self) -> list[Candidate]:
-        rows = self.catalog.rows(self.sql, sql_params(self.sql, self.params))
+        return self.where("")
+
+    def where(self, condition: str, **params: Any) -> list[Candidate]:
+        """Those kept rows that also meet `condition` (SQL on alias `c`), in judging order."""
+        sql = self.sql_where(condition)
+        rows = self.catalog.rows(sql, sql_params(sql, {**self.params, **params}))
         return [Candidate(r["response_id"], r["subject"], r["label"], r["grp"]) for r in rows]
 
 
@@ -159,15 +166,16 @@ _JUDGING_ORDER = ("ORDER BY (p.reference IS NULL), (c.finish_reason IS DISTINCT 
 
 
 def _candidates_sql(filter_names: list[str], previous: str | None, name: str, scope: str,
-                    decided: bool) -> str:
+                    decided: bool, condition: str = "") -> str:
     """Rows kept so far that this stage has (decided) or has not yet (not decided) judged
-    under `$key`, in judging order; decided ones are only those it kept and, where
-    `$group` is set, only that group's."""
+    under `$key`, in judging order; decided ones are only those it kept in `$group`, and
+    meeting `condition` where one is given."""
     verdict = (f"EXISTS (SELECT 1 FROM verdicts v WHERE v.response_id = c.response_id"
                f" AND v.stage = '{stage_name(name)}' AND v.config_hash = $key"
                + (" AND v.keep)" if decided else ")"))
     group = "c.teacher_id" if scope == "teacher" else "''"
     in_group = f" AND {group} = $group" if decided else ""
+    in_group += f" AND ({condition})" if condition else ""
     return (f"SELECT c.response_id, {subject_sql('p', 'c')} AS subject,"
             f" json_extract_string(p.reference, '$.answer') AS label, {group} AS grp"
             f" FROM ({kept_by_filters_sql(filter_names, previous)}) c JOIN prompts p"
@@ -238,21 +246,20 @@ def near(ngram: int = 5, bands: int = 20, rows: int = 5, threshold: float = 0.65
     def judge(catalog: Catalog, kept: Kept, new: list[Candidate]) -> list[Match | None]:
         shingles, counts = hasher.shingles([c.subject for c in new])
         fresh = _signatures(catalog, hasher, new, shingles, counts)
-        kept_by_id = {c.response_id: c for c in kept.candidates}
-        with catalog.reader() as conn:
-            earlier = conn.execute(
-                "SELECT s.response_id, s.signature FROM minhash_signatures s"
-                " WHERE s.params_hash = $p AND s.response_id IN (SELECT unnest($kept))"
-                " AND s.response_id IN (SELECT e.response_id FROM minhash_bands e"
-                "  JOIN minhash_bands n ON n.params_hash = e.params_hash"
-                "   AND n.band_key = e.band_key"
-                "  WHERE e.params_hash = $p AND n.response_id IN (SELECT unnest($new)))",
-                {"p": phash, "kept": list(kept_by_id),
-                 "new": [c.response_id for c in new]}).fetchall()
+        # Only kept rows sharing a band with a new one are loaded (in judging order).
+        old_rows = kept.where(
+            "c.response_id IN (SELECT e.response_id FROM minhash_bands e"
+            " JOIN minhash_bands n ON n.params_hash = e.params_hash AND n.band_key = e.band_key"
+            " WHERE e.params_hash = $p AND n.response_id IN (SELECT unnest($new)))",
+            p=phash, new=[c.response_id for c in new])
+        signatures = {r["response_id"]: r["signature"] for r in catalog.rows(
+            "SELECT response_id, signature FROM minhash_signatures WHERE params_hash = ?"
+            " AND response_id IN (SELECT unnest(?))", [phash, [c.response_id for c in old_rows]])}
+        old_rows = [c for c in old_rows if c.response_id in signatures]
         index = NearDupIndex(hasher)
-        if earlier:  # kept rows sharing a band with a new one: re-shingled to confirm matches
-            old = np.stack([np.frombuffer(blob, np.uint32) for _, blob in earlier])
-            old_rows = [kept_by_id[rid] for rid, _ in earlier]
+        if old_rows:  # kept rows sharing a band with a new one: re-shingled to confirm matches
+            old = np.stack([np.frombuffer(signatures[c.response_id], np.uint32)
+                            for c in old_rows])
             old_shingles = per_text(*hasher.shingles([c.subject for c in old_rows]))
             for c, text_shingles, keys in zip(old_rows, old_shingles,
                                               hasher.band_keys(old).tolist(), strict=True):
@@ -376,7 +383,7 @@ def dedupe(catalog: Catalog, filter_names: list[str], hashes: dict[str, str],
                for r in catalog.rows(new_sql, sql_params(new_sql, params))]
         dropped = 0
         if new:
-            kept_sql = _candidates_sql(filter_names, previous, name, scope, decided=True)
+            kept_sql = partial(_candidates_sql, filter_names, previous, name, scope, True)
             matches = _judge_within_groups(catalog, built.judge, kept_sql, params, new)
             _record(catalog, name, keys[name], run_id, new, matches)
             dropped = sum(m is not None for m in matches)
@@ -387,7 +394,7 @@ def dedupe(catalog: Catalog, filter_names: list[str], hashes: dict[str, str],
     return counts
 
 
-def _judge_within_groups(catalog: Catalog, judge: StageFn, kept_sql: str,
+def _judge_within_groups(catalog: Catalog, judge: StageFn, kept_sql: Callable[[str], str],
                          params: dict[str, Any], new: list[Candidate]) -> list[Match | None]:
     """Judge each group's new rows against that group's kept rows only (clusters never
     span groups); groups without new rows are not looked at."""
