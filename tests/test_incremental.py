@@ -188,3 +188,30 @@ def test_a_night_loads_only_its_new_rows_and_their_near_candidates(
                           [night2[0]]) == night1[7]
     assert set(loaded) - set(night2) <= {night1[7], ""}  # its representative, nothing else
     assert len(loaded) < 20
+
+
+def test_semantic_dedupe_loads_only_kept_rows_close_to_tonights(
+        catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
+    semantic = CurationConfig({"empty": {}}, {"semantic": {}})
+    topics = ["France", "Germany", "Spain", "Italy", "Peru", "Japan", "Kenya", "Chile"]
+    capitals = ["Paris", "Berlin", "Madrid", "Rome", "Lima", "Tokyo", "Nairobi", "Santiago"]
+    night1 = add_rows(catalog, [{"question": f"What is the capital of {t}?",
+                                 "response": f"{c} is the capital."}
+                                for t, c in zip(topics, capitals, strict=True)])
+    curate(catalog, semantic, "night-1")
+    loaded: list[str] = []
+    real_rows = Catalog.rows
+
+    def counting(self: Catalog, sql: str, params: object = ()) -> list[dict]:
+        rows = real_rows(self, sql, params)
+        loaded.extend(r.get("response_id", "") for r in rows if "subject" in r)
+        return rows
+    monkeypatch.setattr(Catalog, "rows", counting)
+    night2 = add_rows(catalog, [
+        {"question": "Which city is the capital of France?", "response": "Paris is the capital."},
+        {"question": "How do bees make honey?", "response": "From nectar, in the hive."}])
+    assert curate(catalog, semantic, "night-2")["dedupe"]["semantic"] == {"judged": 2,
+                                                                         "dropped": 1}
+    assert catalog.scalar("SELECT representative_id FROM duplicate_links WHERE response_id = ?",
+                          [night2[0]]) == night1[0]
+    assert set(loaded) - set(night2) <= {night1[0]}  # no other kept row's text was read

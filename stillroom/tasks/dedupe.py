@@ -321,18 +321,29 @@ def semantic(threshold: float = 0.95, min_content_overlap: float = 0.8,
                              where="dedupe.semantic")
     model_path = model or embeddings.default_model()
 
-    def judge(catalog: Catalog, kept_rows: Kept, new: list[Candidate]) -> list[Match | None]:
-        kept = kept_rows.candidates
-        vectors = embeddings.vectors(catalog, model_path, kept + new)
-        reps = list(kept)  # representatives so far; their vectors are the first len(reps) rows
-        rep_vectors = np.empty_like(vectors)
-        rep_vectors[:len(kept)] = vectors[:len(kept)]
+    def judge(catalog: Catalog, kept: Kept, new: list[Candidate]) -> list[Match | None]:
+        ekey = {"ekey": embeddings.embedding_key(model_path)}
+        unembedded = kept.where("NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.response_id"
+                                " = c.response_id AND e.embedding_key = $ekey)", **ekey)
+        embeddings.vectors(catalog, model_path, unembedded)  # stored for the fetch below
+        new_vectors = embeddings.vectors(catalog, model_path, new)
+        kept_ids, kept_vectors = embeddings.stored_vectors(
+            catalog, model_path, kept.ids_sql, sql_params(kept.ids_sql, kept.params))
+        # Only kept rows close to some new row can represent one: load just those.
+        close = [rid for rid, near in zip(
+            kept_ids, (kept_vectors @ new_vectors.T >= threshold).any(axis=1) if kept_ids else [],
+            strict=True) if near]
+        reps = kept.where("c.response_id IN (SELECT unnest($close))", close=close) if close else []
+        at = {rid: i for i, rid in enumerate(kept_ids)}
+        rep_vectors = np.empty((len(reps) + len(new), new_vectors.shape[1]), np.float32)
+        if reps:
+            rep_vectors[:len(reps)] = kept_vectors[[at[c.response_id] for c in reps]]
         matches: list[Match | None] = []
-        for c, v in zip(new, vectors[len(kept):], strict=True):
+        for c, v in zip(new, new_vectors, strict=True):
             scores = rep_vectors[:len(reps)] @ v
-            close = np.flatnonzero(scores >= threshold)
+            close_reps = np.flatnonzero(scores >= threshold)
             match = next((Match(reps[i].response_id, float(scores[i]))
-                          for i in close[np.argsort(-scores[close])]
+                          for i in close_reps[np.argsort(-scores[close_reps], kind="stable")]
                           if (c.label is None or reps[i].label in (None, c.label))
                           and embeddings.same_content(c.subject, reps[i].subject,
                                                       min_content_overlap)), None)

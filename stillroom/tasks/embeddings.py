@@ -124,13 +124,8 @@ def vectors(catalog: Catalog, model: str, rows: Sequence[Any]) -> np.ndarray:
     one Arrow fetch (row-wise Python lists cost ~10x more at a few thousand rows)."""
     ids = [r.response_id for r in rows]
     key = embedding_key(model)
-    with catalog.reader() as conn:
-        table = conn.sql("SELECT response_id, vector FROM embeddings WHERE embedding_key = $key"
-                         " AND response_id IN (SELECT unnest($ids))",
-                         params={"key": key, "ids": ids}).to_arrow_table()
-    found = table.column("vector").combine_chunks()
-    stored = found.flatten().to_numpy().reshape(len(found), -1) if len(found) else None
-    position = {rid: i for i, rid in enumerate(table.column("response_id").to_pylist())}
+    found_ids, stored = stored_vectors(catalog, model, "SELECT unnest($ids)", {"ids": ids})
+    position = {rid: i for i, rid in enumerate(found_ids)}
     missing = [r for r in rows if r.response_id not in position]
     fresh = encode([r.subject for r in missing], model) if missing else None
     if missing:
@@ -140,10 +135,26 @@ def vectors(catalog: Catalog, model: str, rows: Sequence[Any]) -> np.ndarray:
                                                                             strict=True)])
     if not rows:
         return np.empty((0, encoder_dim(model)), np.float32)
-    known = [v for v in (stored, fresh) if v is not None]
-    offset = len(found)
+    known = [v for v in (stored, fresh) if v is not None and len(v)]
+    offset = len(found_ids)
     at = {**position, **{r.response_id: offset + i for i, r in enumerate(missing)}}
     return np.concatenate(known).astype(np.float32, copy=False)[[at[rid] for rid in ids]]
+
+
+def stored_vectors(catalog: Catalog, model: str, ids_sql: str, params: dict[str, Any]
+                   ) -> tuple[list[str], np.ndarray]:
+    """The stored vectors of the rows `ids_sql` selects (by `response_id`), in one Arrow
+    fetch: their ids and a float32 matrix, one row each (rows without one are left out;
+    with none, the matrix has no columns either)."""
+    with catalog.reader() as conn:
+        table = conn.sql(f"SELECT response_id, vector FROM embeddings WHERE embedding_key = $ekey"
+                         f" AND response_id IN ({ids_sql})",
+                         params={**params, "ekey": embedding_key(model)}).to_arrow_table()
+    found = table.column("vector").combine_chunks()
+    if not len(found):
+        return [], np.empty((0, 0), np.float32)
+    matrix = found.flatten().to_numpy().reshape(len(found), -1).astype(np.float32, copy=False)
+    return table.column("response_id").to_pylist(), matrix
 
 
 def content_words(text: str) -> set[str]:
