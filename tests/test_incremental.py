@@ -215,3 +215,20 @@ def test_semantic_dedupe_loads_only_kept_rows_close_to_tonights(
     assert catalog.scalar("SELECT representative_id FROM duplicate_links WHERE response_id = ?",
                           [night2[0]]) == night1[0]
     assert set(loaded) - set(night2) <= {night1[0]}  # no other kept row's text was read
+
+
+def test_semantic_dedupe_embeds_kept_rows_whose_vectors_are_gone(catalog: Catalog) -> None:
+    semantic = CurationConfig({"empty": {}}, {"semantic": {}})
+    night1 = add_rows(catalog, [
+        {"question": "What is the capital of France?", "response": "Paris is the capital."},
+        {"question": "How do bees make honey?", "response": "From nectar, in the hive."}])
+    curate(catalog, semantic, "night-1")
+    with catalog.write() as conn:
+        conn.execute("DELETE FROM embeddings")
+    night2 = add_rows(catalog, [{"question": "Which city is the capital of France?",
+                                 "response": "Paris is the capital."}])
+    assert curate(catalog, semantic, "night-2")["dedupe"]["semantic"] == {"judged": 1,
+                                                                         "dropped": 1}
+    assert catalog.scalar("SELECT representative_id FROM duplicate_links WHERE response_id = ?",
+                          [night2[0]]) == night1[0]
+    assert catalog.scalar("SELECT count(*) FROM embeddings") == 3
