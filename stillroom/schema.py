@@ -298,6 +298,45 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE students_v7 RENAME TO students;
         """,
     ),
+    (
+        8,
+        """
+        -- Each row's normalised-subject hash, stored once when exact dedupe first judges
+        -- it, so a night compares its new rows with earlier kept ones in SQL.
+        -- `hash_key` covers the subject's definition and the normalisation's version.
+        CREATE TABLE subject_hashes (
+            response_id  VARCHAR NOT NULL,
+            hash_key     VARCHAR NOT NULL,
+            hash         VARCHAR NOT NULL,
+            PRIMARY KEY (response_id, hash_key)
+        );
+        -- A version's rows are stored as a sequence of chunks shared by content: a
+        -- version that adds rows to its predecessor writes only its new chunks.
+        -- `dataset_rows` stays readable, as a view with every version's full row set.
+        CREATE TABLE row_chunks (
+            chunk_id     VARCHAR NOT NULL,
+            position     INTEGER NOT NULL,
+            response_id  VARCHAR NOT NULL,
+            PRIMARY KEY (chunk_id, position)
+        );
+        CREATE TABLE dataset_chunks (
+            dataset_id   VARCHAR NOT NULL,
+            seq          INTEGER NOT NULL,
+            chunk_id     VARCHAR NOT NULL,
+            start        INTEGER NOT NULL,
+            PRIMARY KEY (dataset_id, seq)
+        );
+        -- Existing versions become one chunk each, named after the version.
+        INSERT INTO row_chunks
+            SELECT 'version:' || dataset_id, position, response_id FROM dataset_rows;
+        INSERT INTO dataset_chunks
+            SELECT DISTINCT dataset_id, 0, 'version:' || dataset_id, 0 FROM dataset_rows;
+        DROP TABLE dataset_rows;
+        CREATE VIEW dataset_rows AS
+            SELECT c.dataset_id, c.start + r.position AS position, r.response_id
+            FROM dataset_chunks c JOIN row_chunks r USING (chunk_id);
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -30,6 +30,10 @@ def metric(name: str) -> Callable:
     return decorate
 
 
+# Bump when `normalize` changes: stored dedupe hashes of normalised text are keyed by it.
+NORMALIZE_VERSION = 1
+
+
 def normalize(text: str) -> str:
     """Case-, width- and whitespace-insensitive form used for exact matches and dedupe."""
     text = unicodedata.normalize("NFKC", text).casefold()

@@ -32,13 +32,14 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
+from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from stillroom.catalog import Catalog, insert_many
 from stillroom.errors import StillroomError
-from stillroom.eval.metrics import normalize
+from stillroom.eval.metrics import NORMALIZE_VERSION, normalize
 from stillroom.hashing import content_hash
 from stillroom.tasks.filters import FILTERS, Verdict, write_verdicts
 from stillroom.tasks.subject import SUBJECT_KEY, subject_sql
@@ -61,7 +62,31 @@ class Match(NamedTuple):
     similarity: float
 
 
-StageFn = Callable[[Catalog, list[Candidate], list[Candidate]], list[Match | None]]
+class Kept:
+    """The rows a stage kept earlier in one group, as SQL (`sql`, `ids_sql` with `params`),
+    loaded into Python only as far as a stage asks: all (`candidates`) or some (`where`)."""
+
+    def __init__(self, catalog: Catalog, sql_where: Callable[[str], str],
+                 params: dict[str, Any]) -> None:
+        self.catalog, self.sql_where, self.params = catalog, sql_where, params
+        self.sql = sql_where("")
+
+    @property
+    def ids_sql(self) -> str:
+        return f"SELECT response_id FROM ({self.sql})"
+
+    @cached_property
+    def candidates(self) -> list[Candidate]:
+        return self.where("")
+
+    def where(self, condition: str, **params: Any) -> list[Candidate]:
+        """Those kept rows that also meet `condition` (SQL on alias `c`), in judging order."""
+        sql = self.sql_where(condition)
+        rows = self.catalog.rows(sql, sql_params(sql, {**self.params, **params}))
+        return [Candidate(r["response_id"], r["subject"], r["label"], r["grp"]) for r in rows]
+
+
+StageFn = Callable[[Catalog, Kept, list[Candidate]], list[Match | None]]
 
 
 class Stage(NamedTuple):
@@ -140,34 +165,69 @@ _JUDGING_ORDER = ("ORDER BY (p.reference IS NULL), (c.finish_reason IS DISTINCT 
                   " length(c.text), c.created_at, c.response_id")
 
 
-def _candidates(catalog: Catalog, filter_names: list[str], previous: str | None, name: str,
-                keys: dict[str, Any], scope: str, decided: bool) -> list[Candidate]:
+def _candidates_sql(filter_names: list[str], previous: str | None, name: str, scope: str,
+                    decided: bool, condition: str = "") -> str:
     """Rows kept so far that this stage has (decided) or has not yet (not decided) judged
-    under `$key`; decided ones are only those it kept."""
+    under `$key`, in judging order; decided ones are only those it kept in `$group`, and
+    meeting `condition` where one is given."""
     verdict = (f"EXISTS (SELECT 1 FROM verdicts v WHERE v.response_id = c.response_id"
                f" AND v.stage = '{stage_name(name)}' AND v.config_hash = $key"
                + (" AND v.keep)" if decided else ")"))
     group = "c.teacher_id" if scope == "teacher" else "''"
-    sql = (f"SELECT c.response_id, {subject_sql('p', 'c')} AS subject,"
-           f" json_extract_string(p.reference, '$.answer') AS label, {group} AS grp"
-           f" FROM ({kept_by_filters_sql(filter_names, previous)}) c JOIN prompts p"
-           f" USING (prompt_id) WHERE {'' if decided else 'NOT '}{verdict} {_JUDGING_ORDER}")
-    rows = catalog.rows(sql, sql_params(sql, keys))
-    return [Candidate(r["response_id"], r["subject"], r["label"], r["grp"]) for r in rows]
+    in_group = f" AND {group} = $group" if decided else ""
+    in_group += f" AND ({condition})" if condition else ""
+    return (f"SELECT c.response_id, {subject_sql('p', 'c')} AS subject,"
+            f" json_extract_string(p.reference, '$.answer') AS label, {group} AS grp"
+            f" FROM ({kept_by_filters_sql(filter_names, previous)}) c JOIN prompts p"
+            f" USING (prompt_id) WHERE {'' if decided else 'NOT '}{verdict}{in_group}"
+            f" {_JUDGING_ORDER}")
+
+
+def subject_hash_key() -> str:
+    """What a stored normalised-subject hash depends on: the subject's definition and the
+    normalisation (which rows it is compared with is the verdicts' business, not the hash's)."""
+    return content_hash("exact-subject", SUBJECT_KEY, NORMALIZE_VERSION)
+
+
+def _store_subject_hashes(catalog: Catalog, rows: list[Candidate]) -> list[str]:
+    """Hash `rows`' normalised subjects and store the hashes (each row is hashed once)."""
+    hashes = [content_hash(normalize(c.subject)) for c in rows]
+    with catalog.write() as conn:
+        insert_many(conn, "INSERT OR IGNORE INTO subject_hashes VALUES (?, ?, ?)",
+                    [(c.response_id, subject_hash_key(), h)
+                     for c, h in zip(rows, hashes, strict=True)])
+    return hashes
 
 
 @stage("exact")
 def exact() -> Stage:
-    """Same normalised subject (case, width and whitespace ignored)."""
-    def judge(catalog: Catalog, kept: list[Candidate], new: list[Candidate]) -> list[Match | None]:
-        seen = {content_hash(normalize(c.subject)): c.response_id for c in reversed(kept)}
+    """Same normalised subject (case, width and whitespace ignored).
+
+    Only the new rows are hashed; their hashes are matched with the stored hashes of the
+    rows kept earlier by one SQL join (rows judged before hashes were stored get theirs
+    stored the first time they are needed)."""
+    def judge(catalog: Catalog, kept: Kept, new: list[Candidate]) -> list[Match | None]:
+        key = subject_hash_key()
+        params = {**sql_params(kept.sql, kept.params), "hkey": key}
+        unhashed_sql = (f"SELECT c.* FROM ({kept.sql}) c WHERE NOT EXISTS (SELECT 1 FROM"
+                        " subject_hashes h WHERE h.response_id = c.response_id"
+                        " AND h.hash_key = $hkey)")
+        unhashed = catalog.rows(unhashed_sql, params)
+        if unhashed:
+            _store_subject_hashes(catalog, [Candidate(r["response_id"], r["subject"], r["label"],
+                                                      r["grp"]) for r in unhashed])
+        hashes = _store_subject_hashes(catalog, new)
+        seen = {r["hash"]: r["response_id"] for r in catalog.rows(
+            f"SELECT h.hash, min(h.response_id) AS response_id FROM subject_hashes h"
+            f" WHERE h.hash_key = $hkey AND h.hash IN (SELECT unnest($hashes))"
+            f" AND h.response_id IN ({kept.ids_sql}) GROUP BY h.hash",
+            {**params, "hashes": sorted(set(hashes))})}
         matches: list[Match | None] = []
-        for c in new:
-            key = content_hash(normalize(c.subject))
-            matches.append(Match(seen[key], 1.0) if key in seen else None)
-            seen.setdefault(key, c.response_id)
+        for c, h in zip(new, hashes, strict=True):
+            matches.append(Match(seen[h], 1.0) if h in seen else None)
+            seen.setdefault(h, c.response_id)
         return matches
-    return Stage(judge, {"version": 1, "subject": SUBJECT_KEY})
+    return Stage(judge, {"version": 1, "subject": SUBJECT_KEY, "normalize": NORMALIZE_VERSION})
 
 
 @stage("near")
@@ -183,24 +243,23 @@ def near(ngram: int = 5, bands: int = 20, rows: int = 5, threshold: float = 0.65
     hasher = MinHasher(MinHashParams(ngram, bands, rows, threshold, seed))
     phash = signature_key(hasher)
 
-    def judge(catalog: Catalog, kept: list[Candidate], new: list[Candidate]) -> list[Match | None]:
+    def judge(catalog: Catalog, kept: Kept, new: list[Candidate]) -> list[Match | None]:
         shingles, counts = hasher.shingles([c.subject for c in new])
         fresh = _signatures(catalog, hasher, new, shingles, counts)
-        kept_by_id = {c.response_id: c for c in kept}
-        with catalog.reader() as conn:
-            earlier = conn.execute(
-                "SELECT s.response_id, s.signature FROM minhash_signatures s"
-                " WHERE s.params_hash = $p AND s.response_id IN (SELECT unnest($kept))"
-                " AND s.response_id IN (SELECT e.response_id FROM minhash_bands e"
-                "  JOIN minhash_bands n ON n.params_hash = e.params_hash"
-                "   AND n.band_key = e.band_key"
-                "  WHERE e.params_hash = $p AND n.response_id IN (SELECT unnest($new)))",
-                {"p": phash, "kept": list(kept_by_id),
-                 "new": [c.response_id for c in new]}).fetchall()
+        # Only kept rows sharing a band with a new one are loaded (in judging order).
+        old_rows = kept.where(
+            "c.response_id IN (SELECT e.response_id FROM minhash_bands e"
+            " JOIN minhash_bands n ON n.params_hash = e.params_hash AND n.band_key = e.band_key"
+            " WHERE e.params_hash = $p AND n.response_id IN (SELECT unnest($new)))",
+            p=phash, new=[c.response_id for c in new])
+        signatures = {r["response_id"]: r["signature"] for r in catalog.rows(
+            "SELECT response_id, signature FROM minhash_signatures WHERE params_hash = ?"
+            " AND response_id IN (SELECT unnest(?))", [phash, [c.response_id for c in old_rows]])}
+        old_rows = [c for c in old_rows if c.response_id in signatures]
         index = NearDupIndex(hasher)
-        if earlier:  # kept rows sharing a band with a new one: re-shingled to confirm matches
-            old = np.stack([np.frombuffer(blob, np.uint32) for _, blob in earlier])
-            old_rows = [kept_by_id[rid] for rid, _ in earlier]
+        if old_rows:  # kept rows sharing a band with a new one: re-shingled to confirm matches
+            old = np.stack([np.frombuffer(signatures[c.response_id], np.uint32)
+                            for c in old_rows])
             old_shingles = per_text(*hasher.shingles([c.subject for c in old_rows]))
             for c, text_shingles, keys in zip(old_rows, old_shingles,
                                               hasher.band_keys(old).tolist(), strict=True):
@@ -262,17 +321,29 @@ def semantic(threshold: float = 0.95, min_content_overlap: float = 0.8,
                              where="dedupe.semantic")
     model_path = model or embeddings.default_model()
 
-    def judge(catalog: Catalog, kept: list[Candidate], new: list[Candidate]) -> list[Match | None]:
-        vectors = embeddings.vectors(catalog, model_path, kept + new)
-        reps = list(kept)  # representatives so far; their vectors are the first len(reps) rows
-        rep_vectors = np.empty_like(vectors)
-        rep_vectors[:len(kept)] = vectors[:len(kept)]
+    def judge(catalog: Catalog, kept: Kept, new: list[Candidate]) -> list[Match | None]:
+        ekey = {"ekey": embeddings.embedding_key(model_path)}
+        unembedded = kept.where("NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.response_id"
+                                " = c.response_id AND e.embedding_key = $ekey)", **ekey)
+        embeddings.vectors(catalog, model_path, unembedded)  # stored for the fetch below
+        new_vectors = embeddings.vectors(catalog, model_path, new)
+        kept_ids, kept_vectors = embeddings.stored_vectors(
+            catalog, model_path, kept.ids_sql, sql_params(kept.ids_sql, kept.params))
+        # Only kept rows close to some new row can represent one: load just those.
+        close = [rid for rid, near in zip(
+            kept_ids, (kept_vectors @ new_vectors.T >= threshold).any(axis=1) if kept_ids else [],
+            strict=True) if near]
+        reps = kept.where("c.response_id IN (SELECT unnest($close))", close=close) if close else []
+        at = {rid: i for i, rid in enumerate(kept_ids)}
+        rep_vectors = np.empty((len(reps) + len(new), new_vectors.shape[1]), np.float32)
+        if reps:
+            rep_vectors[:len(reps)] = kept_vectors[[at[c.response_id] for c in reps]]
         matches: list[Match | None] = []
-        for c, v in zip(new, vectors[len(kept):], strict=True):
+        for c, v in zip(new, new_vectors, strict=True):
             scores = rep_vectors[:len(reps)] @ v
-            close = np.flatnonzero(scores >= threshold)
+            close_reps = np.flatnonzero(scores >= threshold)
             match = next((Match(reps[i].response_id, float(scores[i]))
-                          for i in close[np.argsort(-scores[close])]
+                          for i in close_reps[np.argsort(-scores[close_reps], kind="stable")]
                           if (c.label is None or reps[i].label in (None, c.label))
                           and embeddings.same_content(c.subject, reps[i].subject,
                                                       min_content_overlap)), None)
@@ -318,12 +389,13 @@ def dedupe(catalog: Catalog, filter_names: list[str], hashes: dict[str, str],
     previous: str | None = None
     for name, built in stages.items():
         params = {"fhash": hashes["fhash"], "dkey": keys.get(previous), "key": keys[name]}
-        new = _candidates(catalog, filter_names, previous, name, params, scope, decided=False)
+        new_sql = _candidates_sql(filter_names, previous, name, scope, decided=False)
+        new = [Candidate(r["response_id"], r["subject"], r["label"], r["grp"])
+               for r in catalog.rows(new_sql, sql_params(new_sql, params))]
         dropped = 0
         if new:
-            kept = _candidates(catalog, filter_names, previous, name, params, scope,
-                               decided=True)
-            matches = _judge_within_groups(catalog, built.judge, kept, new)
+            kept_sql = partial(_candidates_sql, filter_names, previous, name, scope, True)
+            matches = _judge_within_groups(catalog, built.judge, kept_sql, params, new)
             _record(catalog, name, keys[name], run_id, new, matches)
             dropped = sum(m is not None for m in matches)
         counts[name] = {"judged": len(new), "dropped": dropped}
@@ -333,8 +405,8 @@ def dedupe(catalog: Catalog, filter_names: list[str], hashes: dict[str, str],
     return counts
 
 
-def _judge_within_groups(catalog: Catalog, judge: StageFn, kept: list[Candidate],
-                         new: list[Candidate]) -> list[Match | None]:
+def _judge_within_groups(catalog: Catalog, judge: StageFn, kept_sql: Callable[[str], str],
+                         params: dict[str, Any], new: list[Candidate]) -> list[Match | None]:
     """Judge each group's new rows against that group's kept rows only (clusters never
     span groups); groups without new rows are not looked at."""
     positions: dict[str, list[int]] = {}
@@ -342,7 +414,8 @@ def _judge_within_groups(catalog: Catalog, judge: StageFn, kept: list[Candidate]
         positions.setdefault(c.group, []).append(i)
     matches: list[Match | None] = [None] * len(new)
     for group, members in positions.items():
-        found = judge(catalog, [c for c in kept if c.group == group], [new[i] for i in members])
+        kept = Kept(catalog, kept_sql, {**params, "group": group})
+        found = judge(catalog, kept, [new[i] for i in members])
         for i, match in zip(members, found, strict=True):
             matches[i] = match
     return matches
