@@ -50,6 +50,16 @@ FILES = {
     "suite-template.yaml": "name: s\ntemplate: '{question} = {answer}'\ntasks: [{task: gcd}]\n",
     "suite-repeat.yaml": "name: s\ntasks: [{task: gcd, size: 2}, {task: gcd, size: 3}]\n",
     "suite.yaml": SUITE,
+    "cur-scripts.yaml": "filters:\n  charset: {scripts: latin}\n",
+    "cur-phrases.yaml": "filters:\n  empty: {}\n  refusal: {phrases: 'no'}\n",
+    "cur-length.yaml": "filters:\n  length:\n    min_chars: 2\n    max_chars: true\n",
+    "cur-suites.yaml": "filters:\n  decontaminate: {suites: gsm8k}\n",
+    "cur-judge.yaml": "filters:\n  judge: {teacher: nobody}\n",
+    "cur-judge-template.yaml": "filters:\n  judge: {teacher: tiny, template: '{question} {x}'}\n",
+    "cur-ngram.yaml": "dedupe:\n  near: {ngram: 2.5}\n",
+    "cur-seed.yaml": "dedupe:\n  near: {seed: -1}\n",
+    "cur-nan.yaml": "dedupe:\n  exact: {}\n  semantic: {threshold: nan}\n",
+    "cur-inf.yaml": "dedupe:\n  semantic: {min_content_overlap: .inf}\n",
 }
 
 # (argv, what the one error line must say)
@@ -144,12 +154,34 @@ CASES = [
     (["eval", "--model", "tiny", "--suite", "suite-repeat.yaml"], "items would repeat"),
     (["eval", "--model", "tiny", "--suite", "binary-suite.yaml"], "not a UTF-8 text file"),
     (["eval", "--model", "tiny", "--suite", "../../licenses"], "no suite file or built-in"),
+    # curation configs: each parameter typed and ranged, at its file:line
+    (["dataset", "cut", "--config", "binary.yaml"], "binary.yaml: not a UTF-8 text file"),
+    (["dataset", "cut", "--config", "cur-scripts.yaml"],
+     "cur-scripts.yaml:2 (filters.charset.scripts): must be a list of non-empty strings"),
+    (["dataset", "cut", "--config", "cur-phrases.yaml"],
+     "cur-phrases.yaml:3 (filters.refusal.phrases): must be a list of non-empty strings"),
+    (["dataset", "cut", "--config", "cur-length.yaml"],
+     "cur-length.yaml:4 (filters.length.max_chars): must be an integer >= 0, not True"),
+    (["dataset", "cut", "--config", "cur-suites.yaml"],
+     "cur-suites.yaml:2 (filters.decontaminate.suites): must be a list"),
+    (["dataset", "cut", "--config", "cur-judge.yaml"],
+     "cur-judge.yaml:2 (filters.judge.teacher): no teacher named 'nobody'"),
+    (["dataset", "cut", "--config", "cur-judge-template.yaml"],
+     "cur-judge-template.yaml:2 (filters.judge.template): may use only {question} and"),
+    (["dataset", "cut", "--config", "cur-ngram.yaml"],
+     "cur-ngram.yaml:2 (dedupe.near.ngram): must be an integer >= 1, not 2.5"),
+    (["dataset", "cut", "--config", "cur-seed.yaml"],
+     "cur-seed.yaml:2 (dedupe.near.seed): must be >= 0, not -1"),
+    (["dataset", "cut", "--config", "cur-nan.yaml"],
+     "cur-nan.yaml:3 (dedupe.semantic.threshold): must be a finite number, not 'nan'"),
+    (["dataset", "cut", "--config", "cur-inf.yaml"],
+     "cur-inf.yaml:2 (dedupe.semantic.min_content_overlap): must be a finite number, not inf"),
     # names and references
     (["eval", "--model", "nobody", "--suite", "suite.yaml"], "no teacher or student named"),
     (["generate", "--teacher", "nobody", "--prompts", "good.jsonl"], "no teacher named 'nobody'"),
     (["train", "--dataset", "%", "--name", "s"], "--dataset: '%' is not a name"),
     (["train", "--dataset", "latest", "--name", "../escape"], "--name: '../escape' is not a"),
-    (["train", "--dataset", "latest", "--name", "s"], "no dataset 'latest'"),
+    (["train", "--dataset", "latest", "--name", "s"], "dataset 'latest': no such dataset"),
     (["dataset", "cut", "--name", "has space"], "--name: 'has space' is not a valid name"),
     (["dataset", "cut", "--teacher", "nobody"], "--teacher: no teacher named 'nobody'"),
     (["dataset", "export", "", "--out", "exports"], "version: '' is not a name"),
@@ -265,7 +297,7 @@ def test_flows_check_their_parameters_before_any_work(workspace: Path,
     monkeypatch.chdir(workspace / "work")
     calls = [
         (lambda: refresh_dataset(teacher="tiny", prompts="good.jsonl", max_tokens=0),
-         "max_tokens=0"),
+         "sampling.max_tokens: must be >= 1, not 0"),
         (lambda: refresh_dataset(teacher="tiny", prompts="reasoning_gym:gcd:2", seed=-1),
          "seed: must be >= 0"),
         (lambda: refresh_dataset(teacher="tiny", prompts="reasoning_gym:gcd:2",
@@ -289,3 +321,17 @@ def test_flows_check_their_parameters_before_any_work(workspace: Path,
         assert table_counts(Catalog()) == BASELINE["counts"], message
     assert snapshot(workspace) == BASELINE["files"]
     assert engine._current is None
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"seed": -1}, "sampling.seed: must be >= 0, not -1"),
+    ({"seed": 1.5}, "sampling.seed: must be an integer >= 0, not 1.5"),
+    ({"temperature": "hot"}, "sampling.temperature: must be a finite number, not 'hot'"),
+    ({"n": True}, "sampling.n: must be an integer >= 1, not True"),
+    ({"stop": ("",)}, "sampling.stop: must not be empty"),
+])
+def test_sampling_config_names_the_field_at_fault(fields: dict, message: str) -> None:
+    """The last guard for callers that build one from user values (flows, suites, the judge)."""
+    with pytest.raises(StillroomError) as error:
+        engine.SamplingConfig(**fields)
+    assert str(error.value) == message

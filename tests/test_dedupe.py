@@ -107,12 +107,12 @@ def test_semantic_drops_paraphrases_but_keeps_template_fills(catalog: Catalog) -
 @pytest.mark.parametrize("text, message", [
     ("filters:\n  empty: {}\n  nonsense: {}\n", ":3 (filters.nonsense): unknown filter 'nonsense'"),
     ("filters:\n  empty: {}\ndedupe:\n  near:\n    threshold: 1.5\n",
-     ":4 (dedupe.near): threshold 1.5 must be in (0, 1]"),
+     ":5 (dedupe.near.threshold): must be in (0, 1], not 1.5"),
     ("dedupe:\n  fuzzy: {}\n", ":2 (dedupe.fuzzy): unknown dedupe stage 'fuzzy'"),
     ("dedupe:\n  exact: {}\n  semantic: {model: /no/such/encoder}\n",
      ":3 (dedupe.semantic): no local encoder '/no/such/encoder'"),
     ("filters:\n  length: {min_chars: 9, max_chars: 2}\n",
-     ":2 (filters.length): need 0 <= min_chars <= max_chars"),
+     ":2 (filters.length.max_chars): need min_chars <= max_chars, not 9 > 2"),
     ("filters: [\n", ":2: malformed YAML"),
     ("sorting: {}\n", ":1: unknown key 'sorting'"),
 ])

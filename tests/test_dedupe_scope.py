@@ -115,3 +115,21 @@ def test_refresh_flow_refuses_a_one_teacher_cut_under_all_scope_before_generatin
     assert error.value.where == "--teacher"
     assert catalog.scalar("SELECT count(*) FROM runs") == 0
     assert catalog.scalar("SELECT count(*) FROM responses") == responses
+
+
+@pytest.mark.parametrize("text, rows", [
+    ("filters:\n  empty: {}\n", 4),  # no dedupe: every row the filter kept
+    ("dedupe:\n  exact: {}\n", 3),  # no filters: A's second prime answer is a duplicate
+    ("filters:\n  empty: {}\ndedupe: {}\n", 4),
+])
+def test_a_one_section_config_cuts_a_version(home: Path, tmp_path: Path, text: str, rows: int,
+                                             capsys: pytest.CaptureFixture) -> None:
+    """An empty filter or dedupe section is a legitimate config: the cut's query must bind
+    only the hashes it uses (DuckDB refuses an unused `$dhash` or `$fhash`)."""
+    catalog = Catalog().ensure()
+    two_teachers(catalog)
+    path = tmp_path / "curation.yaml"
+    path.write_text(text)
+    assert main(["dataset", "cut", "--name", "one", "--config", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"] == rows
+    assert catalog.scalar("SELECT n_rows FROM datasets WHERE name = 'one'") == rows

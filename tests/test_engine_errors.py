@@ -55,6 +55,9 @@ def test_missing_vllm_says_what_to_install_or_choose(tiny_model: Path, tmp_path:
     assert len(errors) == 1
     assert errors[0].startswith("stillroom: error: --backend vllm: vLLM cannot be imported")
     assert "pip install" in errors[0] and "--backend transformers" in errors[0]
+    catalog = Catalog(home / "catalog.duckdb")  # a true record of the run, and nothing else
+    assert [r["status"] for r in catalog.rows("SELECT status FROM runs")] == ["failed"]
+    assert catalog.scalar("SELECT count(*) FROM prompts") == 0
 
 
 def test_a_model_vllm_cannot_run_ends_in_one_error_naming_it(

@@ -129,7 +129,7 @@ def test_judge_needs_a_licensed_teacher(catalog, tiny_model: Path) -> None:
     with pytest.raises(LicenseError):
         build({"judge": {"teacher": "closed-judge"}}, catalog)
     assert engine_module._current is None
-    with pytest.raises(StillroomError, match=r"min_score must be in \[1, 10\]"):
+    with pytest.raises(StillroomError, match=r"min_score: must be in \[1, 10\], not 11"):
         build({"judge": {"teacher": "closed-judge", "min_score": 11}}, catalog)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from stillroom import inputs
 from stillroom.catalog import Catalog
 from stillroom.errors import StillroomError
 from stillroom.tasks import dedupe, filters
@@ -90,17 +91,8 @@ def load_config(path: Path | str | None) -> CurationConfig:
     """The config in `path`, validated; the defaults when `path` is None."""
     if path is None:
         return CurationConfig()
-    path = Path(path)
-    if not path.is_file():
-        raise StillroomError("no such curation config file", where=str(path))
-    try:
-        root = yaml.compose(path.read_text(encoding="utf-8"))
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise StillroomError(f"malformed YAML: {getattr(exc, 'problem', exc)}",
-                             where=where) from exc
+    spec = inputs.load_yaml(path)  # a missing, binary or malformed file: one error naming it
+    root = yaml.compose(inputs.read_text(path))
     lines = _key_lines(root)
     if not isinstance(spec, dict) or not spec:
         raise StillroomError("expected a mapping with 'filters' and/or 'dedupe'", where=str(path))
@@ -124,20 +116,27 @@ def load_config(path: Path | str | None) -> CurationConfig:
     config = CurationConfig(sections["filters"], sections["dedupe"], str(scope))
     try:
         return config.validate()
-    except StillroomError as exc:  # `where` is e.g. "filters.length": point at its line
+    except StillroomError as exc:  # `where` is e.g. "filters.length.max_chars"
         key = exc.where or ""
-        line = lines.get(key) or lines.get(key.split(".")[0], 1)
-        raise StillroomError(exc.message, where=f"{path}:{line} ({key})") from exc
+        raise StillroomError(exc.message, where=f"{path}:{_line_of(lines, key)} ({key})"
+                             ) from exc
 
 
-def _key_lines(root: Any) -> dict[str, int]:
-    """1-based line of every section key and of every `section.name` key."""
+def _line_of(lines: dict[str, int], key: str) -> int:
+    """The line of `key` or of its nearest enclosing key: a parameter's filter, a section."""
+    parts = key.split(".")
+    prefixes = (".".join(parts[:n]) for n in range(len(parts), 0, -1))
+    return next((lines[prefix] for prefix in prefixes if prefix in lines), 1)
+
+
+def _key_lines(root: Any, prefix: str = "") -> dict[str, int]:
+    """1-based line of every key, by dotted path: `filters`, `filters.length`,
+    `filters.length.max_chars`."""
     lines: dict[str, int] = {}
     if not isinstance(root, yaml.MappingNode):
         return lines
     for key, value in root.value:
-        lines[key.value] = key.start_mark.line + 1
-        if isinstance(value, yaml.MappingNode):
-            for sub, _ in value.value:
-                lines[f"{key.value}.{sub.value}"] = sub.start_mark.line + 1
+        path = f"{prefix}{key.value}"
+        lines[path] = key.start_mark.line + 1
+        lines.update(_key_lines(value, f"{path}."))
     return lines

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from stillroom import inputs
 from stillroom.catalog import Catalog, insert_many
 from stillroom.errors import StillroomError
 from stillroom.eval.metrics import NORMALIZE_VERSION, normalize
@@ -240,6 +241,10 @@ def near(ngram: int = 5, bands: int = 20, rows: int = 5, threshold: float = 0.65
     """
     from stillroom.tasks.minhash import MinHasher, MinHashParams, NearDupIndex, per_text
 
+    for field, value in (("ngram", ngram), ("bands", bands), ("rows", rows)):
+        inputs.whole_number(value, f"dedupe.near.{field}", minimum=1)
+    inputs.real_number(threshold, "dedupe.near.threshold", maximum=1, positive=True)
+    inputs.whole_number(seed, "dedupe.near.seed", minimum=0)
     hasher = MinHasher(MinHashParams(ngram, bands, rows, threshold, seed))
     phash = signature_key(hasher)
 
@@ -316,9 +321,11 @@ def semantic(threshold: float = 0.95, min_content_overlap: float = 0.8,
     """
     from stillroom.tasks import embeddings
 
-    if not 0 < threshold <= 1 or not 0 <= min_content_overlap <= 1:
-        raise StillroomError("threshold must be in (0, 1] and min_content_overlap in [0, 1]",
-                             where="dedupe.semantic")
+    inputs.real_number(threshold, "dedupe.semantic.threshold", maximum=1, positive=True)
+    inputs.real_number(min_content_overlap, "dedupe.semantic.min_content_overlap",
+                       minimum=0, maximum=1)
+    if model is not None:
+        inputs.text(model, "dedupe.semantic.model")
     model_path = model or embeddings.default_model()
 
     def judge(catalog: Catalog, kept: Kept, new: list[Candidate]) -> list[Match | None]:

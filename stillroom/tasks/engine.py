@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from stillroom import settings
+from stillroom import inputs, settings
 from stillroom.errors import StillroomError
 from stillroom.tasks.prompts import Prompt
 
@@ -36,17 +36,19 @@ class SamplingConfig:
     logprobs_k: int = 20
 
     def __post_init__(self) -> None:
-        checks = {
-            "temperature": self.temperature >= 0,
-            "top_p": 0 < self.top_p <= 1,
-            "max_tokens": self.max_tokens >= 1,
-            "n": self.n >= 1,
-            "logprobs_k": 0 <= self.logprobs_k <= 100,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise StillroomError(f"{name}={getattr(self, name)!r} is out of range",
-                                     where="sampling")
+        """Each field checked with its own name, as the last guard for callers (flows, suites,
+        the judge) that build one from user-typed values."""
+        inputs.real_number(self.temperature, "sampling.temperature", minimum=0)
+        inputs.real_number(self.top_p, "sampling.top_p", maximum=1, positive=True)
+        inputs.whole_number(self.max_tokens, "sampling.max_tokens", minimum=1)
+        inputs.whole_number(self.n, "sampling.n", minimum=1)
+        inputs.whole_number(self.seed, "sampling.seed", minimum=0)
+        inputs.whole_number(self.logprobs_k, "sampling.logprobs_k", minimum=0, maximum=100)
+        if not isinstance(self.stop, tuple):
+            raise StillroomError(f"must be a tuple of strings, not {self.stop!r}",
+                                 where="sampling.stop")
+        for sequence in self.stop:
+            inputs.text(sequence, "sampling.stop")
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "stop": list(self.stop)}

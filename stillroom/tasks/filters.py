@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from stillroom import inputs
 from stillroom.catalog import Catalog, insert_many
 from stillroom.errors import StillroomError
 from stillroom.eval.metrics import score_with
@@ -70,8 +71,10 @@ def truncated() -> FilterFn:
 @register("repetition")
 def repetition(n: int = 3, max_repeated_fraction: float = 0.5, min_ngrams: int = 4) -> FilterFn:
     """Degenerate loops: too large a share of word n-grams are repeats of earlier ones."""
-    if not 0 < max_repeated_fraction <= 1:
-        raise StillroomError("max_repeated_fraction must be in (0, 1]", where="filters.repetition")
+    inputs.whole_number(n, "filters.repetition.n", minimum=1)
+    inputs.real_number(max_repeated_fraction, "filters.repetition.max_repeated_fraction",
+                       maximum=1, positive=True)
+    inputs.whole_number(min_ngrams, "filters.repetition.min_ngrams", minimum=1)
 
     def check(row: Row) -> Verdict:
         words = row["text"].split()
@@ -87,8 +90,11 @@ def repetition(n: int = 3, max_repeated_fraction: float = 0.5, min_ngrams: int =
 
 @register("length")
 def length(min_chars: int = 1, max_chars: int = 8000) -> FilterFn:
-    if min_chars < 0 or max_chars < min_chars:
-        raise StillroomError("need 0 <= min_chars <= max_chars", where="filters.length")
+    inputs.whole_number(min_chars, "filters.length.min_chars", minimum=0)
+    inputs.whole_number(max_chars, "filters.length.max_chars", minimum=0)
+    if max_chars < min_chars:
+        raise StillroomError(f"need min_chars <= max_chars, not {min_chars} > {max_chars}",
+                             where="filters.length.max_chars")
 
     def check(row: Row) -> Verdict:
         size = len(row["text"].strip())
@@ -110,8 +116,9 @@ REFUSAL_PHRASES = (
 @register("refusal")
 def refusal(phrases: list[str] | None = None, within_chars: int = 300) -> FilterFn:
     """Refusals and assistant boilerplate, by phrase, near the start of the response."""
-    if within_chars < 1:
-        raise StillroomError("within_chars must be >= 1", where="filters.refusal")
+    if phrases is not None:
+        inputs.strings(phrases, "filters.refusal.phrases")
+    inputs.whole_number(within_chars, "filters.refusal.within_chars", minimum=1)
     needles = tuple(p.casefold() for p in (phrases or REFUSAL_PHRASES))
 
     def check(row: Row) -> Verdict:
@@ -128,8 +135,10 @@ def charset(scripts: list[str] | None = None, max_foreign_fraction: float = 0.1)
     A letter's script is the first word of its Unicode name (LATIN, CYRILLIC, CJK, ...);
     this is a language check at script granularity, which needs no model.
     """
-    if not 0 <= max_foreign_fraction <= 1:
-        raise StillroomError("max_foreign_fraction must be in [0, 1]", where="filters.charset")
+    if scripts is not None:
+        inputs.strings(scripts, "filters.charset.scripts")
+    inputs.real_number(max_foreign_fraction, "filters.charset.max_foreign_fraction",
+                       minimum=0, maximum=1)
     allowed = {s.upper() for s in (scripts or ["LATIN"])}
 
     def check(row: Row) -> Verdict:
@@ -156,9 +165,9 @@ def verifier(min_score: float = 1.0, timeout_s: float = 5.0, memory_mb: int = 51
     """Prompts with a known answer keep only responses their checker accepts: code with
     tests (HumanEval style) runs in a sandboxed subprocess, everything else goes to its
     reasoning-gym scorer."""
-    if not 0 <= min_score <= 1 or timeout_s <= 0 or memory_mb < 64:
-        raise StillroomError("need 0 <= min_score <= 1, timeout_s > 0, memory_mb >= 64",
-                             where="filters.verifier")
+    inputs.real_number(min_score, "filters.verifier.min_score", minimum=0, maximum=1)
+    inputs.real_number(timeout_s, "filters.verifier.timeout_s", positive=True)
+    inputs.whole_number(memory_mb, "filters.verifier.memory_mb", minimum=64)
 
     def check(row: Row) -> Verdict:
         if not row["task"] or not row["reference"]:
@@ -187,8 +196,11 @@ def decontaminate(n: int = 13, suites: list[str] | tuple[str, ...] = (),
     `CurationConfig.pinned` fills it in, so a new suite gives this filter a new verdict key."""
     from stillroom.eval.contamination import ContaminationIndex, known_suites
 
-    if n < 4:
-        raise StillroomError("n must be >= 4", where="filters.decontaminate")
+    inputs.whole_number(n, "filters.decontaminate.n", minimum=4)
+    if not isinstance(suites, tuple):  # the default; a config gives a list
+        inputs.strings(suites, "filters.decontaminate.suites")
+    if against is not None:
+        inputs.strings(against, "filters.decontaminate.against")
     known = known_suites(catalog or Catalog(), suites)
     if against is not None:
         missing = sorted(set(against) - set(known))
@@ -212,13 +224,17 @@ def judge(teacher: str, min_score: int = 7, max_tokens: int = 4, template: str |
           catalog: Catalog | None = None) -> FilterFn:
     """A teacher grades each (question, response) from 1 to 10; rows below `min_score` are
     dropped with the grade. The judge must be registered and its license must allow use."""
-    if not 1 <= min_score <= 10:
-        raise StillroomError("min_score must be in [1, 10]", where="filters.judge")
-    if template is not None and not {"{question}", "{response}"} <= _fields(template):
-        raise StillroomError("template needs {question} and {response}", where="filters.judge")
+    inputs.name(teacher, "filters.judge.teacher")
+    inputs.whole_number(min_score, "filters.judge.min_score", minimum=1, maximum=10)
+    inputs.whole_number(max_tokens, "filters.judge.max_tokens", minimum=1)
+    if template is not None:
+        _check_judge_template(inputs.text(template, "filters.judge.template"))
     from stillroom.tasks.judge import Judge
 
-    grader = Judge(catalog or Catalog(), teacher, template, max_tokens)
+    try:
+        grader = Judge(catalog or Catalog(), teacher, template, max_tokens)
+    except StillroomError as exc:  # an unknown or unlicensed judge: the config names it
+        raise type(exc)(exc.message, where="filters.judge.teacher") from exc
 
     def check_all(rows: list[Row]) -> list[Verdict]:
         verdicts = []
@@ -234,8 +250,17 @@ def judge(teacher: str, min_score: int = 7, max_tokens: int = 4, template: str |
     return check_all
 
 
-def _fields(template: str) -> set[str]:
-    return {f"{{{name}}}" for _, name, _, _ in string.Formatter().parse(template) if name}
+def _check_judge_template(template: str) -> None:
+    """The judge fills in {question} and {response}: both must be there, and nothing else."""
+    where = "filters.judge.template"
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name}
+        template.format(question="", response="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise StillroomError(f"may use only {{question}} and {{response}} (write other braces "
+                             f"as {{{{ and }}}}): {exc!r}", where=where) from exc
+    if not {"question", "response"} <= fields:
+        raise StillroomError("template needs {question} and {response}", where=where)
 
 
 DEFAULT_FILTERS: dict[str, dict[str, Any]] = {

@@ -137,16 +137,18 @@ def generate(catalog: Catalog, teacher: Teacher, prompts: list[Prompt], sampling
     same request (greedy, fp32), so an answer from one satisfies a re-run on another.
     """
     terms = authorize(catalog, teacher, noncommercial)  # before any model is loaded
-    store_prompts(catalog, prompts)
     params = {"teacher": teacher.name, "prompts": len(prompts), "sampling": sampling.as_dict(),
               "license": terms.license_id, "backend": backend}
     with recorded_run(catalog, "generate", params) as run:
+        # An engine that fails to start leaves only this run, marked failed: the prompts are
+        # stored once there is an engine to answer them (before any answer, as rows need).
+        engine = engine or engine_for(teacher.model, teacher.revision, backend,
+                                      endpoints=endpoints, api_key_env=api_key_env)
+        store_prompts(catalog, prompts)
         rejected = getattr(prompts, "rejected", [])  # seed rows set aside under `report`
         if rejected:
             with catalog.write() as conn:
                 store_rejected(conn, rejected, run.run_id)
-        engine = engine or engine_for(teacher.model, teacher.revision, backend,
-                                      endpoints=endpoints, api_key_env=api_key_env)
         requests = [(p, rendered := engine.render(p), request_key(teacher, rendered, sampling))
                     for p in prompts]
         unique = list({key: (p, r, key) for p, r, key in requests}.values())
