@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from kill import kill_once
 
 from stillroom.catalog import Catalog
 from stillroom.eval.runner import run_suite
@@ -61,13 +61,8 @@ def test_kill_9_mid_eval_then_rerun_generates_only_missing_items(tiny_model: Pat
          "from stillroom.eval.runner import run_suite\nfrom stillroom.eval.suites import "
          "load_suite\nrun_suite(Catalog(), 'tiny', load_suite(sys.argv[1]), commit_every=1)",
          str(suite)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while catalog.scalar("SELECT count(*) FROM eval_items") < 5:
-        assert victim.poll() is None, "the eval finished before it could be killed"
-        assert time.monotonic() < deadline, "no eval items were committed"
-        time.sleep(0.05)
-    os.kill(victim.pid, signal.SIGKILL)
-    victim.wait()
+    kill_once(victim, lambda: catalog.scalar("SELECT count(*) FROM eval_items") >= 5,
+              "5 committed eval items")
     survived = catalog.scalar("SELECT count(*) FROM eval_items")
     assert 5 <= survived < items
     assert catalog.scalar("SELECT count(*) FROM eval_results") == 0

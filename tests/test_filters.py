@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from kill import kill_once
 
 from stillroom.errors import StillroomError
 from stillroom.tasks.filters import build
@@ -206,10 +207,8 @@ def test_killed_filter_stage_keeps_committed_verdicts_and_resumes(catalog, tmp_p
     """kill -9 in the middle of a slow per-row filter: the chunks it committed survive and
     a re-run judges exactly the rows without a verdict, none twice."""
     import os
-    import signal
     import subprocess
     import sys
-    import time
 
     from rows import add_rows
 
@@ -233,12 +232,8 @@ def test_killed_filter_stage_keeps_committed_verdicts_and_resumes(catalog, tmp_p
 
     first = subprocess.Popen([sys.executable, str(script), str(catalog.path),
                               str(tmp_path / "first.log"), "first"], env=env)
-    deadline = time.monotonic() + 120
-    while len(slow_verdicts()) < 2 * CHUNK:
-        assert first.poll() is None, "the stage finished before any chunk was committed"
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    os.kill(first.pid, signal.SIGKILL)
+    kill_once(first, lambda: len(slow_verdicts()) >= 2 * CHUNK, "two committed chunks",
+              timeout=120, poll_s=0.1)
     first.wait()
     survived = slow_verdicts()
     assert 2 * CHUNK <= len(survived) < len(ids) and set(survived) <= set(judged("first.log"))

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from kill import kill_once
 
 from stillroom.catalog import Catalog
 from stillroom.tasks import teachers
@@ -35,13 +35,8 @@ def test_kill_9_then_rerun_loses_nothing_and_repeats_nothing(tiny_model: Path,
                                  for i in range(PROMPTS)))
 
     victim = generate_cli(home, prompts)
-    deadline = time.monotonic() + 240
-    while catalog.scalar("SELECT count(*) FROM responses") < 10:
-        assert victim.poll() is None, "the run finished before it could be killed"
-        assert time.monotonic() < deadline, "no responses were committed"
-        time.sleep(0.05)
-    os.kill(victim.pid, signal.SIGKILL)
-    victim.wait()
+    kill_once(victim, lambda: catalog.scalar("SELECT count(*) FROM responses") >= 10,
+              "10 committed responses")
     survived = catalog.scalar("SELECT count(*) FROM responses")
     assert 10 <= survived < PROMPTS
     assert catalog.scalar("SELECT count(DISTINCT request_key) FROM responses") == survived

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+from kill import kill_once
 from safetensors.torch import load_file
 from tiny_dataset import cut_dataset
 
@@ -49,13 +48,8 @@ def test_kill_9_then_rerun_resumes_and_ends_with_the_same_weights(
     assert not any(checkpoints.glob(f"*/{STEP_PREFIX}*"))  # cleared once published
 
     victim = train_cli(home, "victim")
-    deadline = time.monotonic() + 300
-    while not any(checkpoints.glob(f"*/{STEP_PREFIX}*")):
-        assert victim.poll() is None, "training ended before a checkpoint was seen"
-        assert time.monotonic() < deadline, "no checkpoint was written"
-        time.sleep(0.02)
-    os.kill(victim.pid, signal.SIGKILL)
-    victim.wait()
+    kill_once(victim, lambda: any(checkpoints.glob(f"*/{STEP_PREFIX}*")), "a checkpoint",
+              timeout=300, poll_s=0.02)
     assert catalog.scalar("SELECT count(*) FROM students WHERE name = 'victim'") == 0
     (run_dir,) = [p for p in checkpoints.iterdir() if p.is_dir()]
     (run_dir / ".tmp-torn").mkdir(exist_ok=True)  # as if killed while writing a checkpoint
