@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from stillroom import inputs
+from stillroom import inputs, settings
 from stillroom.errors import StillroomError
 from stillroom.tasks import compat, objectives
 from stillroom.tasks.checkpoints import Checkpoints
@@ -141,6 +141,11 @@ def distillation_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor],
         temperature=config.temperature, kd_weight=config.kd_weight)
 
 
+def _device() -> torch.device:
+    """A GPU when there is one (trained under bf16 autocast), else the CPU in fp32."""
+    return torch.device("cuda" if settings.has_cuda() else "cpu")
+
+
 def check_checkpoint_every(steps: int) -> None:
     if steps < 1:
         raise StillroomError(f"checkpoint every {steps} steps: must be >= 1",
@@ -205,7 +210,8 @@ def train(model_dir: Path, rows: Any, config: TrainConfig, out: Path, progress: 
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    device = _device()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
     if config.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -238,8 +244,11 @@ def train(model_dir: Path, rows: Any, config: TrainConfig, out: Path, progress: 
         for start in range(next_batch * config.batch_size, len(order), config.batch_size):
             if step >= total:
                 break
-            batch = collate([examples[i] for i in order[start:start + config.batch_size]], pad_id)
-            loss, parts = distillation_loss(response_logits(model, batch), batch, config)
+            batch = {name: tensor.to(device) for name, tensor in collate(
+                [examples[i] for i in order[start:start + config.batch_size]], pad_id).items()}
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = response_logits(model, batch)
+            loss, parts = distillation_loss(logits, batch, config)   # upcasts to fp32 itself
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -263,7 +272,7 @@ def train(model_dir: Path, rows: Any, config: TrainConfig, out: Path, progress: 
     bar.close()
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
+    model.to("cpu").save_pretrained(out)
     tokenizer.save_pretrained(out)
     window = max(1, len(history) // 5)
     summary = {
