@@ -136,7 +136,8 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 
     config = TrainConfig(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
                          lr=args.lr, kd_weight=args.kd_weight, temperature=args.temperature,
-                         seed=args.seed)
+                         seed=args.seed, objective=args.objective,
+                         objective_params=dict(args.objective_param))
     every = {"checkpoint_every": args.checkpoint_every} if args.checkpoint_every else {}
     return train_student(Catalog(), args.dataset, args.name, args.layers, config, **every)
 
@@ -241,6 +242,7 @@ FRACTION = _typed(float, inputs.real_number, minimum=0, maximum=1)
 NAME = _typed(str, inputs.name)
 REF = _typed(str, inputs.reference)
 URL = _typed(str, inputs.endpoint_url)
+KEY_NUMBER = _typed(str, inputs.key_number)
 ENV = _typed(str, inputs.env_name)
 TEXT = _typed(str, inputs.text)
 WORD = _typed(str, inputs.word)
@@ -403,6 +405,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="weight of the KD term (0-1)")
     train.add_argument("--temperature", type=POSITIVE, default=1.0, help="KD temperature (> 0)")
     train.add_argument("--seed", type=SEED, default=0, help="data order and initial RNG state")
+    train.add_argument("--objective", type=WORD, default="forward_kl",
+                       help="sft, forward_kl (default: over the teacher's top-k plus a tail"
+                            " bucket), reverse_kl, jsd, tvd or forward_kl_zero_tail")
+    train.add_argument("--objective-param", type=KEY_NUMBER, action="append", default=[],
+                       metavar="KEY=VALUE", help="an objective parameter, e.g. beta=0.5 for jsd"
+                                                 " (repeatable)")
     train.add_argument("--checkpoint-every", type=COUNT, metavar="STEPS",
                        help="steps between checkpoints (default 50); a re-run after a crash "
                             "resumes from the last one")

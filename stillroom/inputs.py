@@ -58,6 +58,18 @@ def real_number(value: Any, where: str, minimum: float | None = None,
     return float(value)
 
 
+def key_number(value: Any, where: str) -> tuple[str, float]:
+    """`KEY=VALUE` with an identifier KEY and a finite number VALUE: (KEY, VALUE)."""
+    key, equals, number = value.partition("=") if isinstance(value, str) else ("", "", "")
+    if not equals or not key.isidentifier():
+        raise StillroomError(f"{value!r} is not KEY=VALUE", where=where)
+    try:
+        parsed = float(number)
+    except ValueError:
+        raise StillroomError(f"{value!r}: {number!r} is not a number", where=where) from None
+    return key, real_number(parsed, where)
+
+
 def name(value: Any, where: str) -> str:
     """A name for a teacher, student or dataset version: also a directory name, so no
     separators, no leading dot, no spaces."""

@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 VERSION_ROWS_SQL = (
     "SELECT r.response_id, r.prompt_id, p.text AS prompt_text, p.is_chat, p.source,"
-    " r.rendered_prompt AS prompt, r.text AS response, r.token_ids, r.soft_labels,"
+    " r.rendered_prompt AS prompt, r.prompt_tokens, r.text AS response, r.token_ids,"
+    " r.soft_labels,"
     " r.finish_reason, r.teacher_id, t.name AS teacher, t.model AS teacher_model,"
     " t.revision AS teacher_revision, t.license, d.dataset_id"
     " FROM dataset_rows d JOIN responses r USING (response_id) JOIN prompts p USING (prompt_id)"
@@ -188,10 +189,13 @@ def manifest(catalog: Catalog, dataset_id: str) -> dict[str, Any]:
 def load(catalog: Catalog, dataset_id: str) -> Any:
     """The version as a `datasets.Dataset`, in snapshot order: the conversation
     (`messages`: the prompt's own messages, system and earlier turns included, then the
-    teacher's answer), `prompt` as the teacher saw it (chat template applied), the response
-    and its tokens, soft labels (`topk_ids`, `topk_logprobs`) and each row's provenance
+    teacher's answer), `prompt` as the teacher saw it (chat template applied) and its token
+    count as the engine counted it (`prompt_tokens`), the response and its tokens, soft labels
+    (`topk_ids`, `topk_logprobs`, and `topk_tail`: the teacher's mass outside the top-k per
+    token, None for rows stored before it was recorded) and each row's provenance
     (`PROVENANCE_COLUMNS`)."""
     import datasets
+    import pandas
 
     table = catalog.frame(VERSION_ROWS_SQL, [dataset_id])
     table["messages"] = [
@@ -199,9 +203,11 @@ def load(catalog: Catalog, dataset_id: str) -> Any:
         for text, source, is_chat, response in zip(
             table.pop("prompt_text"), table.pop("source"), table.pop("is_chat"),
             table["response"], strict=True)]
-    decoded = [soft_labels.decode(blob) for blob in table.pop("soft_labels")]
-    table["topk_ids"] = [ids for ids, _ in decoded]
-    table["topk_logprobs"] = [lps for _, lps in decoded]
+    decoded = [soft_labels.decode_labels(None if pandas.isna(blob) else blob)  # NULL: none
+               for blob in table.pop("soft_labels")]
+    table["topk_ids"] = [labels.ids for labels in decoded]
+    table["topk_logprobs"] = [labels.logprobs for labels in decoded]
+    table["topk_tail"] = [labels.tail for labels in decoded]
     return datasets.Dataset.from_pandas(table, preserve_index=False)
 
 

@@ -21,7 +21,7 @@ from stillroom.catalog import Catalog
 from stillroom.errors import StillroomError
 from stillroom.hashing import canonical_json, content_hash
 from stillroom.runs import recorded_run
-from stillroom.tasks import datasets, models
+from stillroom.tasks import compat, datasets, models, objectives
 from stillroom.tasks.checkpoints import Checkpoints, exclusive_lock
 from stillroom.tasks.teachers import Teacher, get_teacher
 from stillroom.tasks.training import (
@@ -105,6 +105,15 @@ def model_card(ref: str, provenance: dict[str, Any]) -> str:
                   f"- license: {t['license_name']} (`{t['license']}`): {t['verdict']}"]
         lines += [f"- obligation: {o}" for o in t["obligations"]]
         lines += [f"- grant: {g}" for g in t.get("grants", [])]
+    if provenance.get("compatibility"):
+        config = provenance.get("train_config") or {}
+        params = config.get("objective_params")
+        lines += ["", "## Training", "",
+                  f"- objective: {config.get('objective')}{f' {params}' if params else ''}"
+                  f" (kd_weight {config.get('kd_weight')},"
+                  f" temperature {config.get('temperature')})",
+                  "", "## Compatibility with the teacher", "",
+                  *compat.summary(provenance["compatibility"])]
     return "\n".join(lines) + "\n"
 
 
@@ -185,6 +194,9 @@ def train_student(catalog: Catalog, dataset_ref: str, name: str, layers: int = 4
         raise StillroomError("KD needs one teacher's tokenizer; this dataset mixes "
                              f"{[t['name'] for t in manifest['teachers']]}", where=dataset_ref)
     teacher = get_teacher(catalog, manifest["teachers"][0]["name"])
+    rows = datasets.load(catalog, dataset_id)
+    # Refused before the init is cut or a run recorded; `train` records the coverage.
+    objectives.check_coverage(rows["topk_ids"], config.objective, config.kd_weight)
     params = {"dataset_id": dataset_id, "name": name, "layers": layers, **asdict(config)}
     busy = f"student {name!r} is being trained by another process"
     with exclusive_lock(inputs.path_inside(staging_dir(), f"{name}.lock"), busy, name), \
@@ -207,12 +219,13 @@ def train_student(catalog: Catalog, dataset_ref: str, name: str, layers: int = 4
         checkpoints = Checkpoints(checkpoints_dir(), build_key)
         with checkpoints.exclusive():
             staging = _fresh_staging(name)
-            rows = datasets.load(catalog, dataset_id)
             metrics = train(Path(start["path"]), rows, config, staging, progress=progress,
-                            checkpoints=checkpoints, checkpoint_every=checkpoint_every)
+                            checkpoints=checkpoints, checkpoint_every=checkpoint_every,
+                            teacher_model=teacher.model, teacher_revision=teacher.revision)
             provenance = {**base, "dataset_id": dataset_id, "dataset_name": manifest.get("name"),
                           "init_student": start["ref"], "init_digest": start["weights_digest"],
-                          "train_config": asdict(config)}
+                          "train_config": asdict(config),
+                          "compatibility": metrics["compatibility"]}
             published = _publish(catalog, name, staging, dataset_id=dataset_id, init=init,
                                  config=params, provenance=provenance, metrics=metrics,
                                  build_key=build_key, run_id=run.run_id)

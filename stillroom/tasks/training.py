@@ -1,26 +1,30 @@
-"""Student training: SFT on teacher outputs plus KL to the teacher's top-k soft labels.
+"""Student training: SFT on teacher outputs plus a divergence to the teacher's soft labels.
 
-loss = (1 - kd_weight) * CE(teacher tokens) + kd_weight * T^2 * KL(p_T || q_T) on the top-k ids,
-where p_T renormalises the teacher's top-k logprobs at temperature T and q_T is the student's
-full-vocabulary distribution at T. Logits are computed only at response positions: with a
-262k vocabulary the LM head dominates the cost of a small student.
+loss = (1 - kd_weight) * CE(teacher tokens) + kd_weight * T^2 * divergence, where the
+divergence is the configured objective (`stillroom.tasks.objectives`; default forward KL over
+the teacher's top-k plus a tail bucket). Before any step the run checks that the student can
+learn from the dataset (`stillroom.tasks.compat`) and which rows carry soft labels. Logits are
+computed only at response positions: with a 262k vocabulary the LM head dominates the cost of
+a small student.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
+from stillroom import inputs, settings
 from stillroom.errors import StillroomError
+from stillroom.tasks import compat, objectives
 from stillroom.tasks.checkpoints import Checkpoints
 
 log = logging.getLogger(__name__)
@@ -40,8 +44,13 @@ class TrainConfig:
     temperature: float = 1.0
     freeze_embeddings: bool = True
     seed: int = 0
+    objective: str = "forward_kl"
+    objective_params: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for key, value in self.objective_params.items():
+            inputs.real_number(value, f"--objective-param {key}")
+        objectives.resolve(self.objective, self.objective_params)
         if not 0 <= self.kd_weight <= 1:
             raise StillroomError(f"kd_weight={self.kd_weight} must be in [0, 1]",
                                  where="--kd-weight")
@@ -59,21 +68,33 @@ class Example:
     targets: list[int]        # response token ids
     topk_ids: list[list[int]]
     topk_logprobs: list[list[float]]
+    topk_tail: list[float] | None = None   # None: not stored (v1 soft labels)
 
 
-def build_examples(rows: Any, tokenizer: Any) -> list[Example]:
-    """Align each stored response with the prompt tokens the teacher saw."""
-    examples = []
+def build_examples(rows: Any, tokenizer: Any) -> tuple[list[Example], list[str]]:
+    """Align each stored response with the prompt tokens the teacher saw.
+
+    Returns the examples and, for each row left out because its prompt re-tokenises to
+    another length than the engine counted, why (`compat.report` decides whether that many
+    are tolerable)."""
+    examples, mismatches = [], []
     for row in rows:
-        prompt_ids = tokenizer(row["prompt"]).input_ids
+        prompt_ids = compat.prompt_ids(tokenizer, row["prompt"])
+        mismatch = compat.prompt_mismatch(tokenizer, row["prompt"], len(prompt_ids),
+                                          row.get("prompt_tokens"))
+        if mismatch:
+            mismatches.append(f"response {row.get('response_id', '?')}: {mismatch}")
+            continue
         targets = list(row["token_ids"])
         if not targets:
             continue
+        tail = row.get("topk_tail")
         examples.append(Example(
             input_ids=prompt_ids + targets, first_target=len(prompt_ids) - 1, targets=targets,
             topk_ids=[list(x) for x in row["topk_ids"] or []],
-            topk_logprobs=[list(x) for x in row["topk_logprobs"] or []]))
-    return examples
+            topk_logprobs=[list(x) for x in row["topk_logprobs"] or []],
+            topk_tail=list(tail) if tail is not None else None))
+    return examples, mismatches
 
 
 def collate(batch: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
@@ -82,7 +103,7 @@ def collate(batch: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     input_ids = torch.full((len(batch), width), pad_id)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     where = torch.zeros((len(batch), width), dtype=torch.bool)
-    targets, kd_ids, kd_lp, kd_mask = [], [], [], []
+    targets, kd_ids, kd_lp, kd_tail, kd_mask = [], [], [], [], []
     for b, e in enumerate(batch):
         input_ids[b, :len(e.input_ids)] = torch.tensor(e.input_ids)
         mask[b, :len(e.input_ids)] = 1
@@ -92,10 +113,14 @@ def collate(batch: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
             has = step < len(e.topk_ids) and len(e.topk_ids[step]) == k and k > 0
             kd_ids.append(e.topk_ids[step] if has else [0] * k)
             kd_lp.append(e.topk_logprobs[step] if has else [0.0] * k)
+            known = has and e.topk_tail is not None and step < len(e.topk_tail)
+            kd_tail.append(e.topk_tail[step] if known else math.nan)
             kd_mask.append(has)
     return {"input_ids": input_ids, "attention_mask": mask, "where": where,
             "targets": torch.tensor(targets), "kd_ids": torch.tensor(kd_ids, dtype=torch.long),
-            "kd_logprobs": torch.tensor(kd_lp), "kd_mask": torch.tensor(kd_mask)}
+            "kd_logprobs": torch.tensor(kd_lp).reshape(len(kd_ids), k),
+            "kd_tail": torch.tensor(kd_tail, dtype=torch.float32),
+            "kd_mask": torch.tensor(kd_mask, dtype=torch.bool)}
 
 
 def response_logits(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -109,16 +134,16 @@ def response_logits(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def distillation_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor],
                       config: TrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    ce = F.cross_entropy(logits, batch["targets"])
-    kd = torch.zeros((), dtype=logits.dtype)
-    if config.kd_weight > 0 and batch["kd_mask"].any():
-        t = config.temperature
-        sel = batch["kd_mask"]
-        teacher = torch.log_softmax(batch["kd_logprobs"][sel] / t, dim=-1)
-        student = torch.log_softmax(logits[sel] / t, dim=-1).gather(-1, batch["kd_ids"][sel])
-        kd = (teacher.exp() * (teacher - student)).sum(-1).mean() * t * t
-    loss = (1 - config.kd_weight) * ce + config.kd_weight * kd
-    return loss, {"loss": loss.item(), "ce": ce.item(), "kd": kd.item()}
+    """The configured objective's loss at the batch's response positions."""
+    return objectives.objective_loss(
+        logits, batch["targets"], batch["kd_ids"], batch["kd_logprobs"], batch.get("kd_tail"),
+        batch["kd_mask"], objective=config.objective, params=config.objective_params,
+        temperature=config.temperature, kd_weight=config.kd_weight)
+
+
+def _device() -> torch.device:
+    """A GPU when there is one (trained under bf16 autocast), else the CPU in fp32."""
+    return torch.device("cuda" if settings.has_cuda() else "cpu")
 
 
 def check_checkpoint_every(steps: int) -> None:
@@ -148,10 +173,32 @@ def _restore(model: Any, optimizer: Any, schedule: Any, rng: random.Random,
         torch.cuda.set_rng_state_all(state["cuda_rng"])
 
 
+def preflight(tokenizer: Any, model: Any, rows: Any, config: TrainConfig, teacher_model: str,
+              teacher_revision: str | None) -> tuple[list[Example], dict[str, Any]]:
+    """The examples and the compatibility report (soft-label coverage included), or one
+    `StillroomError` for a run that would train on wrong or missing targets."""
+    from transformers import AutoTokenizer
+
+    coverage = objectives.check_coverage(rows["topk_ids"], config.objective, config.kd_weight)
+    examples, mismatches = build_examples(rows, tokenizer)
+    teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_model, revision=teacher_revision)
+    report = compat.report(
+        tokenizer, teacher_tokenizer, model.get_output_embeddings().weight.shape[0],
+        revisions_recorded=list(rows["teacher_revision"]), revision_used=teacher_revision,
+        prompt_mismatches=mismatches, rows=len(rows), coverage=asdict(coverage))
+    if not examples:
+        raise StillroomError("the dataset has no rows with response tokens", where="--dataset")
+    return examples, report
+
+
 def train(model_dir: Path, rows: Any, config: TrainConfig, out: Path, progress: bool = True,
           checkpoints: Checkpoints | None = None,
-          checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY) -> dict[str, Any]:
+          checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, *, teacher_model: str,
+          teacher_revision: str | None = None) -> dict[str, Any]:
     """Train the checkpoint in `model_dir` on dataset rows and save it to `out`.
+
+    `teacher_model` (at `teacher_revision`) is the teacher that labelled the rows: the
+    student is checked against it before any step (`preflight`).
 
     With `checkpoints`, the full training state (trainable weights, optimizer, scheduler, RNGs,
     position in the data order) is saved every `checkpoint_every` steps and at the end, and a
@@ -163,14 +210,14 @@ def train(model_dir: Path, rows: Any, config: TrainConfig, out: Path, progress: 
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    device = _device()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
     if config.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    examples = build_examples(rows, tokenizer)
-    if not examples:
-        raise StillroomError("the dataset has no rows with response tokens", where="--dataset")
+    examples, compatibility = preflight(tokenizer, model, rows, config, teacher_model,
+                                        teacher_revision)
     steps_per_epoch = -(-len(examples) // config.batch_size)
     total = config.max_steps or steps_per_epoch * config.epochs
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -197,8 +244,11 @@ def train(model_dir: Path, rows: Any, config: TrainConfig, out: Path, progress: 
         for start in range(next_batch * config.batch_size, len(order), config.batch_size):
             if step >= total:
                 break
-            batch = collate([examples[i] for i in order[start:start + config.batch_size]], pad_id)
-            loss, parts = distillation_loss(response_logits(model, batch), batch, config)
+            batch = {name: tensor.to(device) for name, tensor in collate(
+                [examples[i] for i in order[start:start + config.batch_size]], pad_id).items()}
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = response_logits(model, batch)
+            loss, parts = distillation_loss(logits, batch, config)   # upcasts to fp32 itself
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -222,7 +272,7 @@ def train(model_dir: Path, rows: Any, config: TrainConfig, out: Path, progress: 
     bar.close()
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
+    model.to("cpu").save_pretrained(out)
     tokenizer.save_pretrained(out)
     window = max(1, len(history) // 5)
     summary = {
@@ -231,7 +281,8 @@ def train(model_dir: Path, rows: Any, config: TrainConfig, out: Path, progress: 
         "trainable_params": sum(p.numel() for p in params),
         "first_loss": round(sum(h["loss"] for h in history[:window]) / window, 4),
         "last_loss": round(sum(h["loss"] for h in history[-window:]) / window, 4),
-        "seconds": round(time.monotonic() - started, 2), "config": asdict(config)}
+        "seconds": round(time.monotonic() - started, 2), "config": asdict(config),
+        "coverage": compatibility["soft_labels"], "compatibility": compatibility}
     (out / "training.json").write_text(json.dumps({**summary, "history": history}, indent=1))
     log.info("trained %d steps: loss %.3f -> %.3f", step, summary["first_loss"],
              summary["last_loss"])
