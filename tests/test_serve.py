@@ -108,6 +108,23 @@ def running(pids: set[int] = frozenset(), groups: set[int] = frozenset()) -> set
             if state != "Z" and (p in pids or group in groups)}
 
 
+def stop_and_check(command: subprocess.Popen, stop_signal: int, children: set[int],
+                   what: str) -> tuple[str, str]:
+    """Signal the command alone (not its process group) and assert its children went too."""
+    command.send_signal(stop_signal)
+    streams = command.communicate(timeout=60)
+    assert running(children) == set(), f"{what} outlived the command"
+    return streams
+
+
+def reap(command: subprocess.Popen, children: set[int]) -> None:
+    """Whatever a failed test left running."""
+    for pid in running(children):
+        os.kill(pid, signal.SIGKILL)
+    if command.poll() is None:
+        command.kill()
+
+
 def listening_addresses(port: int) -> set[str]:
     """The local addresses of the TCP sockets listening on `port`, from /proc/net/tcp{,6}."""
     found = set()
@@ -144,14 +161,9 @@ def test_dashboard_binds_loopback_unless_told_and_stops_streamlit_on_signals(
         children = descendants(dashboard.pid)
         assert children, "streamlit runs as a child process"
         assert listening_addresses(port) == {address or "127.0.0.1"}
-        dashboard.send_signal(stop_signal)  # to the command only, not its process group
-        _, errors = dashboard.communicate(timeout=60)
-        assert running(children) == set(), "streamlit outlived `stillroom dashboard`"
+        _, errors = stop_and_check(dashboard, stop_signal, children, "streamlit")
     finally:
-        for pid in running(children):
-            os.kill(pid, signal.SIGKILL)
-        if dashboard.poll() is None:
-            dashboard.kill()
+        reap(dashboard, children)
     assert dashboard.returncode == 128 + stop_signal
     assert f"stillroom: stopped by {stop_signal.name}" in errors
     assert ("the dashboard has no authentication" in errors) == (address is not None)
@@ -173,14 +185,9 @@ def test_serve_stops_the_prefect_server_and_worker_on_sighup(tmp_path: Path) -> 
                        for pid in descendants(serve.pid) if pid in table)
         wait_for(worker_started, 180, "the Prefect worker")
         children = descendants(serve.pid)
-        serve.send_signal(signal.SIGHUP)
-        output, _ = serve.communicate(timeout=60)
-        assert running(children) == set(), "Prefect processes outlived `stillroom serve`"
+        output, _ = stop_and_check(serve, signal.SIGHUP, children, "Prefect processes")
     finally:
-        for pid in running(children):
-            os.kill(pid, signal.SIGKILL)
-        if serve.poll() is None:
-            serve.kill()
+        reap(serve, children)
     assert serve.returncode == 0, output
     assert "stopping the worker and the Prefect server" in output
 
