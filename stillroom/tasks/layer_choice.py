@@ -47,7 +47,7 @@ class LayerChoice:
 
     def describe(self) -> str:
         if self.method == "even":
-            return "spread evenly"
+            return "evenly"
         return (f"by measured importance (block influence on {self.calibration['rows']}"
                 f" calibration rows)")
 
