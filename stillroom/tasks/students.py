@@ -209,15 +209,17 @@ def _brought_init(catalog: Catalog, teacher: Teacher, teachers: list[dict[str, A
                   run_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Publish the user's own model as `<name>-init`, once it is shown to share the teacher's
     tokenizer (`compat.report` through `preflight`): an incompatible one publishes nothing."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if Path(model).expanduser().is_dir():
         model = str(Path(model).expanduser().resolve())
     staging = _fresh_staging(f"{name}{INIT_SUFFIX}")
     try:
         cut.copy_checkpoint(model, revision, staging)
-        preflight(AutoTokenizer.from_pretrained(staging),
-                  AutoModelForCausalLM.from_pretrained(staging), rows, config, teacher.model,
+        with torch.device("meta"):  # its shapes, without reading its weights
+            shape = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(staging))
+        preflight(AutoTokenizer.from_pretrained(staging), shape, rows, config, teacher.model,
                   teacher.revision)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
