@@ -139,7 +139,16 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
                          seed=args.seed, objective=args.objective,
                          objective_params=dict(args.objective_param))
     every = {"checkpoint_every": args.checkpoint_every} if args.checkpoint_every else {}
-    return train_student(Catalog(), args.dataset, args.name, args.layers, config, **every)
+    return train_student(Catalog(), args.dataset, args.name, args.layers, config, **every,
+                         layer_choice_method=args.layer_choice, init_model=args.init,
+                         init_revision=args.init_revision)
+
+
+def _check_train(args: argparse.Namespace) -> None:
+    """A student is cut (--layers, --layer-choice) or brought (--init), not both."""
+    from stillroom.tasks.layer_choice import check_student_shape
+
+    check_student_shape(args.layers, args.layer_choice, args.init, args.init_revision)
 
 
 def cmd_student(args: argparse.Namespace) -> None:
@@ -395,8 +404,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="dataset id, prefix, name or 'latest'")
     train.add_argument("--name", required=True, type=NAME,
                        help="the student's name; each training publishes the next NAME@N")
-    train.add_argument("--layers", type=COUNT, default=4,
-                       help="teacher layers the student keeps (>= 1)")
+    train.add_argument("--layers", type=COUNT,
+                       help="teacher layers the student keeps (>= 1; default 4)")
+    train.add_argument("--layer-choice", choices=["even", "importance"],
+                       help="which teacher layers: spread evenly (default), or the most"
+                            " influential on a sample of the dataset (first and last kept)")
+    train.add_argument("--init", metavar="MODEL",
+                       help="bring your own student instead of a cut: a local checkpoint or"
+                            " hub id sharing the teacher's tokenizer")
+    train.add_argument("--init-revision", type=WORD, metavar="REV",
+                       help="hub revision of --init to pin")
     train.add_argument("--epochs", type=COUNT, default=3, help="(>= 1)")
     train.add_argument("--max-steps", type=COUNT, help="stop after this many steps (>= 1)")
     train.add_argument("--batch-size", type=COUNT, default=8, help="(>= 1)")
@@ -414,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint-every", type=COUNT, metavar="STEPS",
                        help="steps between checkpoints (default 50); a re-run after a crash "
                             "resumes from the last one")
-    train.set_defaults(func=cmd_train)
+    train.set_defaults(func=cmd_train, check=_check_train)
 
     student = sub.add_parser("student", help="list and show student versions")
     ssub = student.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from tiny import other_tokenizer
 from tiny_dataset import cut_dataset
 
 from stillroom.catalog import Catalog
@@ -17,27 +18,6 @@ from stillroom.tasks import compat, datasets, students, teachers
 from stillroom.tasks.training import TrainConfig, train
 
 ONE_STEP = TrainConfig(max_steps=1, batch_size=4)
-
-
-def other_tokenizer(model_dir: Path) -> None:
-    """Replace `model_dir`'s tokenizer by one trained on other text: same size, same special
-    tokens, other merges and ids."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=384, special_tokens=["<pad>", "<bos>", "<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(["Zebras graze on the savannah while vultures circle overhead."]
-                            * 50, trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", special_tokens=[("<bos>", tok.token_to_id("<bos>"))])
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        (model_dir / name).unlink(missing_ok=True)
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
-                            pad_token="<pad>").save_pretrained(model_dir)
 
 
 def with_chat_template(model_dir: Path) -> None:

