@@ -19,6 +19,7 @@ from stillroom import inputs, settings
 from stillroom.catalog import Catalog
 from stillroom.errors import StillroomError
 from stillroom.runs import reconcile
+from stillroom.tasks.prompts import PROMPT_FORMATS
 
 
 def emit(summary: dict[str, Any]) -> None:
@@ -137,7 +138,8 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     config = TrainConfig(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
                          lr=args.lr, kd_weight=args.kd_weight, temperature=args.temperature,
                          seed=args.seed, objective=args.objective,
-                         objective_params=dict(args.objective_param))
+                         objective_params=dict(args.objective_param),
+                         prompt_format=args.prompt_format)
     every = {"checkpoint_every": args.checkpoint_every} if args.checkpoint_every else {}
     return train_student(Catalog(), args.dataset, args.name, args.layers, config, **every,
                          layer_choice_method=args.layer_choice, init_model=args.init,
@@ -167,7 +169,8 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     from stillroom.eval.runner import run_suite
     from stillroom.eval.suites import load_suite
 
-    return run_suite(Catalog(), args.model, load_suite(args.suite))
+    return run_suite(Catalog(), args.model, load_suite(args.suite),
+                     prompt_format=args.prompt_format)
 
 
 def cmd_provenance(args: argparse.Namespace) -> None:
@@ -428,6 +431,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--objective-param", type=KEY_NUMBER, action="append", default=[],
                        metavar="KEY=VALUE", help="an objective parameter, e.g. beta=0.5 for jsd"
                                                  " (repeatable)")
+    train.add_argument("--prompt-format", choices=PROMPT_FORMATS, default="teacher",
+                       help="train on the prompts as the teacher saw them (default), or on"
+                            " each question alone without the teacher's few-shot examples"
+                            " (zero_shot; procedural-task prompts only)")
     train.add_argument("--checkpoint-every", type=COUNT, metavar="STEPS",
                        help="steps between checkpoints (default 50); a re-run after a crash "
                             "resumes from the last one")
@@ -443,6 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="run a benchmark suite on a teacher or student")
     ev.add_argument("--model", required=True, type=REF, help="teacher or student name")
     ev.add_argument("--suite", default="arithmetic-mini", help="suite YAML or built-in name")
+    ev.add_argument("--prompt-format", choices=PROMPT_FORMATS,
+                    help="the suite's prompts as written (teacher) or each question alone"
+                         " (zero_shot); default: the format the model was trained on")
     ev.set_defaults(func=cmd_eval)
 
     prov = sub.add_parser("provenance", help="where a student came from, and its obligations")

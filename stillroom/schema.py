@@ -337,6 +337,14 @@ MIGRATIONS: list[tuple[int, str]] = [
             FROM dataset_chunks c JOIN row_chunks r USING (chunk_id);
         """,
     ),
+    (
+        10,
+        """
+        -- The prompt format an eval gave the model: the suite's prompts as written
+        -- ('teacher') or each item's question alone ('zero_shot', for students trained so).
+        ALTER TABLE eval_results ADD COLUMN prompt_format VARCHAR DEFAULT 'teacher';
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

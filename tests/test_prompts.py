@@ -37,7 +37,7 @@ def test_jsonl_seeds_plain_and_chat(tmp_path: Path, catalog: Catalog) -> None:
     assert store_prompts(catalog, prompts) == 0  # content-hash keys: idempotent
 
 
-def test_reasoning_gym_prompts_keep_answers() -> None:
+def test_task_prompts_keep_answers() -> None:
     prompts = load_prompts("reasoning_gym:gcd:5:7")
     assert len(prompts) == 5 and all(p.task == "gcd" for p in prompts)
     assert all("answer" in p.reference and p.text.endswith("Answer:") for p in prompts)

@@ -11,13 +11,14 @@ from stillroom import inputs
 from stillroom.errors import StillroomError
 from stillroom.eval.metrics import METRICS, SCORERS
 from stillroom.hashing import content_hash
+from stillroom.tasks import procedural
 from stillroom.tasks.engine import SamplingConfig
 from stillroom.tasks.prompts import (
     DEFAULT_TEMPLATE,
     Prompt,
     check_template,
-    reasoning_gym_prompts,
     task_options,
+    task_prompts,
 )
 
 BUILTIN = files("stillroom").joinpath("eval/suites")
@@ -78,7 +79,7 @@ def parse_suite(spec: Any, where: str) -> Suite:
         if task.keys() - TASK_KEYS:
             raise _fail(f"unknown keys {sorted(task.keys() - TASK_KEYS)}; allowed: "
                         f"{sorted(TASK_KEYS)}", at)
-        scorer = task.get("scorer", "reasoning_gym")
+        scorer = task.get("scorer") or procedural.scorer_for(task.get("task"))
         if scorer not in SCORERS:
             raise _fail(f"unknown scorer {scorer!r}; known: {sorted(SCORERS)}", at)
         options = task_options({k: v for k, v in task.items() if k != "scorer"}, at, size=50)
@@ -86,7 +87,7 @@ def parse_suite(spec: Any, where: str) -> Suite:
             raise _fail(f"{options['task']!r} with seed {options['seed']} is already in the "
                         "suite: its items would repeat", at)
         seen.add((options["task"], options["seed"]))
-        prompts = reasoning_gym_prompts(**{**options, "shots": shots, "template": template},
+        prompts = task_prompts(**{**options, "shots": shots, "template": template},
                                         where=at)
         items += [SuiteItem(f"{options['task']}/{options['seed']}/{p.meta['index']}", p, scorer)
                   for p in prompts]

@@ -27,7 +27,7 @@ from stillroom.tasks.training import TrainConfig
 
 log = logging.getLogger(__name__)
 DEMO_PROMPTS = str(files("stillroom").joinpath("data/demo_prompts.yaml"))
-DEMO_SUITE = "arithmetic-mini"
+DEMO_SUITE = "number-words"
 
 
 @task(cache_policy=NONE)
@@ -99,20 +99,22 @@ def refresh_dataset(teacher: str, prompts: str = DEMO_PROMPTS, max_tokens: int =
 @flow(name="train_student")
 def train_student(dataset: str, name: str, layers: int = 4, epochs: int = 3,
                   batch_size: int = 8, lr: float = 3e-4, kd_weight: float = 0.5,
-                  temperature: float = 1.0) -> dict[str, Any]:
+                  temperature: float = 1.0, prompt_format: str = "teacher") -> dict[str, Any]:
     """Cut a student from the dataset's teacher and train it (SFT + top-k KD)."""
     reconcile(Catalog())
     inputs.reference(dataset, "dataset")
     inputs.name(name, "name")
     inputs.whole_number(layers, "layers", minimum=1)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, kd_weight=kd_weight,
-                         temperature=temperature)
+                         temperature=temperature, prompt_format=prompt_format)
     return students.train_student(Catalog(), dataset, name, layers, config)
 
 
 @flow(name="run_benchmarks")
-def run_benchmarks(models: list[str], suite: str = DEMO_SUITE) -> list[dict[str, Any]]:
-    """Run one suite on each model in turn (teachers first, so students get agreement)."""
+def run_benchmarks(models: list[str], suite: str = DEMO_SUITE,
+                   prompt_format: str | None = None) -> list[dict[str, Any]]:
+    """Run one suite on each model in turn (teachers first, so students get agreement),
+    each in its own prompt format unless `prompt_format` names one for all."""
     catalog = Catalog()
     reconcile(catalog)
     if not isinstance(models, list) or not models:
@@ -122,7 +124,7 @@ def run_benchmarks(models: list[str], suite: str = DEMO_SUITE) -> list[dict[str,
     loaded = load_suite(suite)
     results = []
     for model in models:
-        results.append(run_suite(catalog, model, loaded))
+        results.append(run_suite(catalog, model, loaded, prompt_format=prompt_format))
     close_engine()
     return results
 
@@ -131,7 +133,7 @@ def run_benchmarks(models: list[str], suite: str = DEMO_SUITE) -> list[dict[str,
 def distill(teacher: str, prompts: str = DEMO_PROMPTS, suite: str = DEMO_SUITE,
             student: str | None = None, layers: int = 4, epochs: int = 3,
             kd_weight: float = 0.5, max_tokens: int = 16,
-            stop: list[str] | None = None) -> dict[str, Any]:
+            stop: list[str] | None = None, prompt_format: str = "teacher") -> dict[str, Any]:
     """The whole loop for one teacher: dataset, student, and teacher-vs-student benchmarks.
 
     Parameters the later stages take are checked first, so a bad one fails in seconds, not
@@ -139,13 +141,14 @@ def distill(teacher: str, prompts: str = DEMO_PROMPTS, suite: str = DEMO_SUITE,
     reconcile(Catalog())
     student = students.validate_student_name(student or f"{teacher}-student", "student")
     inputs.whole_number(layers, "layers", minimum=1)
-    TrainConfig(epochs=epochs, kd_weight=kd_weight)
+    TrainConfig(epochs=epochs, kd_weight=kd_weight, prompt_format=prompt_format)
     SamplingConfig(max_tokens=max_tokens)
     load_suite(suite)
     refreshed = refresh_dataset(teacher, prompts, max_tokens=max_tokens, stop=stop,
                                 dataset_name=f"{teacher}-data")
     benchmarks = run_benchmarks([teacher], suite)  # reuses the teacher's warm engine
     trained = train_student(refreshed["dataset"]["dataset_id"], student, layers, epochs,
-                            kd_weight=kd_weight)
-    benchmarks += run_benchmarks([f"{student}-init", student], suite)
+                            kd_weight=kd_weight, prompt_format=prompt_format)
+    # The init is asked in the format its trained version learned, so the two compare.
+    benchmarks += run_benchmarks([f"{student}-init", student], suite, prompt_format)
     return {"dataset": refreshed["dataset"], "student": trained, "benchmarks": benchmarks}

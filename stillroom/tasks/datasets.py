@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 VERSION_ROWS_SQL = (
     "SELECT r.response_id, r.prompt_id, p.text AS prompt_text, p.is_chat, p.source,"
+    " json_extract_string(p.meta, '$.zero_shot') AS zero_shot_prompt,"
     " r.rendered_prompt AS prompt, r.prompt_tokens, r.text AS response, r.token_ids,"
     " r.soft_labels,"
     " r.finish_reason, r.teacher_id, t.name AS teacher, t.model AS teacher_model,"
@@ -193,7 +194,8 @@ def load(catalog: Catalog, dataset_id: str) -> Any:
     count as the engine counted it (`prompt_tokens`), the response and its tokens, soft labels
     (`topk_ids`, `topk_logprobs`, and `topk_tail`: the teacher's mass outside the top-k per
     token, None for rows stored before it was recorded) and each row's provenance
-    (`PROVENANCE_COLUMNS`)."""
+    (`PROVENANCE_COLUMNS`). `zero_shot_prompt` is the question alone in its template, for
+    prompts built from procedural tasks (None otherwise)."""
     import datasets
     import pandas
 

@@ -90,6 +90,16 @@ def context_length(model: str, revision: str | None, wanted: int) -> int:
                .max_position_embeddings)
 
 
+def render_prompt(tokenizer: Any, prompt: Prompt) -> str:
+    """The exact text a model is given: chat template where the tokenizer has one."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(prompt.messages, tokenize=False,
+                                             add_generation_prompt=True)
+    if prompt.is_chat:
+        return "\n\n".join(m["content"] for m in prompt.messages)
+    return prompt.text
+
+
 class Engine:
     """What every backend shares: the model it serves and how prompts become text."""
 
@@ -99,13 +109,7 @@ class Engine:
     tokenizer: Any
 
     def render(self, prompt: Prompt) -> str:
-        """The exact text sent to the model: chat template where the tokenizer has one."""
-        if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(
-                prompt.messages, tokenize=False, add_generation_prompt=True)
-        if prompt.is_chat:
-            return "\n\n".join(m["content"] for m in prompt.messages)
-        return prompt.text
+        return render_prompt(self.tokenizer, prompt)
 
     def generate(self, rendered: list[str], sampling: SamplingConfig) -> list[list[Completion]]:
         """`sampling.n` completions for each rendered prompt, in prompt order."""

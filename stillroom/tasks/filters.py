@@ -26,7 +26,7 @@ from stillroom.catalog import Catalog, insert_many
 from stillroom.errors import StillroomError
 from stillroom.eval.metrics import score_with
 from stillroom.hashing import content_hash
-from stillroom.tasks import sandbox
+from stillroom.tasks import procedural, sandbox
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def charset(scripts: list[str] | None = None, max_foreign_fraction: float = 0.1)
 def verifier(min_score: float = 1.0, timeout_s: float = 5.0, memory_mb: int = 512) -> FilterFn:
     """Prompts with a known answer keep only responses their checker accepts: code with
     tests (HumanEval style) runs in a sandboxed subprocess, everything else goes to its
-    reasoning-gym scorer."""
+    task's scorer (`procedural.scorer_for`)."""
     inputs.real_number(min_score, "filters.verifier.min_score", minimum=0, maximum=1)
     inputs.real_number(timeout_s, "filters.verifier.timeout_s", positive=True)
     inputs.whole_number(memory_mb, "filters.verifier.memory_mb", minimum=64)
@@ -179,7 +179,8 @@ def verifier(min_score: float = 1.0, timeout_s: float = 5.0, memory_mb: int = 51
             result = sandbox.run_python(program, timeout_s, memory_mb)
             return KEEP if result.passed else Verdict(False, f"verifier: tests fail"
                                                              f" ({result.reason})")
-        score = score_with("reasoning_gym", row["text"], reference, task=row["task"])
+        score = score_with(procedural.scorer_for(row["task"]), row["text"], reference,
+                           task=row["task"])
         if score < min_score:
             return Verdict(False, f"verifier: score {score:g} (expected {reference['answer']!r})")
         return KEEP

@@ -1,6 +1,6 @@
 """Prompt sources: a templates x topics x personas x difficulties grid (YAML); seed prompts
-from JSONL, a `datasets` dataset saved to disk, or the chatterbot-corpus; reasoning-gym
-tasks and HumanEval problems, both with what their verifier needs.
+from JSONL, a `datasets` dataset saved to disk, or the chatterbot-corpus; procedural tasks
+(Stillroom's own and reasoning-gym's) and HumanEval problems, with what their verifiers need.
 
 Every error names the file and, where there is one, the line or row. A seed row that
 cannot be used either stops the load (`on_bad="refuse"`, the default) or is set
@@ -24,9 +24,13 @@ from stillroom import inputs
 from stillroom.catalog import Catalog, insert_many
 from stillroom.errors import StillroomError
 from stillroom.hashing import canonical_json, content_hash
+from stillroom.tasks import procedural
 
 log = logging.getLogger(__name__)
 DEFAULT_TEMPLATE = "Question: {question}\nAnswer:"
+# How a student is prompted: as the teacher was, or with the question alone (a procedural
+# prompt's `meta["zero_shot"]`), without the teacher's few-shot examples.
+PROMPT_FORMATS = ("teacher", "zero_shot")
 
 
 @dataclass(frozen=True)
@@ -124,9 +128,15 @@ def check_template(template: Any, where: str) -> str:
     return template
 
 
-def reasoning_gym_entries(task: str, size: int, seed: int,
-                          config: dict[str, Any] | None = None, where: str = "") -> list[dict]:
-    """Procedural items from reasoning-gym, with their answers kept for verification."""
+def task_entries(task: str, size: int, seed: int, config: dict[str, Any] | None = None,
+                 where: str = "") -> list[dict]:
+    """Procedural items with their answers kept for verification: a task built into
+    Stillroom (`stillroom.tasks.procedural`) or else reasoning-gym's task of that name."""
+    if task in procedural.TASKS:
+        try:
+            return procedural.TASKS[task](size, seed, **(config or {}), where=where or task)
+        except TypeError as exc:  # an option the task does not take
+            raise StillroomError(f"task {task!r}: {exc}", where=where or None) from exc
     import reasoning_gym
 
     try:  # unknown task names and bad configs surface here, some only as items are made
@@ -137,20 +147,24 @@ def reasoning_gym_entries(task: str, size: int, seed: int,
                              where=where or None) from exc
 
 
-def reasoning_gym_prompts(task: str, size: int, seed: int = 0, shots: int = 3,
-                          config: dict[str, Any] | None = None,
-                          template: str = DEFAULT_TEMPLATE, where: str = "") -> list[Prompt]:
-    """Few-shot prompts for a reasoning-gym task; the shots come from a disjoint seed."""
-    entries = reasoning_gym_entries(task, size, seed, config, where)
-    examples = reasoning_gym_entries(task, shots, seed + 1_000_003, config, where) if shots else []
+def task_prompts(task: str, size: int, seed: int = 0, shots: int = 3,
+                 config: dict[str, Any] | None = None, template: str = DEFAULT_TEMPLATE,
+                 where: str = "") -> list[Prompt]:
+    """Few-shot prompts for a procedural task; the shots come from a disjoint seed.
+
+    Each prompt's `meta["zero_shot"]` is its question alone in the template: what a student
+    trained to answer without the teacher's examples sees (`TrainConfig.prompt_format`)."""
+    entries = task_entries(task, size, seed, config, where)
+    examples = task_entries(task, shots, seed + 1_000_003, config, where) if shots else []
+    origin = "procedural" if task in procedural.TASKS else "reasoning_gym"
     return [
         Prompt(
             text=few_shot(examples, e["question"], template),
-            source=f"reasoning_gym:{task}",
+            source=f"{origin}:{task}",
             task=task,
             reference={"question": e["question"], "answer": e["answer"],
                        "metadata": json.loads(canonical_json(e["metadata"]))},
-            meta={"seed": seed, "index": i},
+            meta={"seed": seed, "index": i, "zero_shot": template.format(question=e["question"])},
         )
         for i, e in enumerate(entries)
     ]
@@ -316,11 +330,12 @@ def _valid_messages(messages: Any) -> bool:
                     and isinstance(m.get("content"), str) for m in messages))
 
 
-SECTIONS = ("grid", "reasoning_gym", "seeds", "humaneval")
+SECTIONS = ("grid", "tasks", "reasoning_gym", "seeds", "humaneval")
 
 
 def yaml_prompts(path: Path, on_bad: str = "refuse") -> PromptSet:
-    """A YAML prompt spec: any of `grid`, `reasoning_gym` (tasks), `seeds` (a list of
+    """A YAML prompt spec: any of `grid`, `tasks` (procedural tasks: Stillroom's own or
+    reasoning-gym's; `reasoning_gym` is the same section's older name), `seeds` (a list of
     `jsonl: FILE`, `hf_dataset: DIR` or `chatterbot: [CATEGORIES]` entries) and
     `humaneval: {size: N}`. Relative seed paths are relative to the spec."""
     spec = inputs.load_yaml(path)
@@ -335,8 +350,9 @@ def yaml_prompts(path: Path, on_bad: str = "refuse") -> PromptSet:
         if not isinstance(spec["grid"], dict):
             raise StillroomError("'grid' must be a mapping", where=f"{path}: grid")
         prompts += grid_prompts(spec["grid"], where=f"{path}: grid")
-    for i, task in enumerate(_section_list(spec, "reasoning_gym", path)):
-        prompts += _task_prompts(task, f"{path}: reasoning_gym[{i}]")
+    for section in ("tasks", "reasoning_gym"):
+        for i, task in enumerate(_section_list(spec, section, path)):
+            prompts += _task_prompts(task, f"{path}: {section}[{i}]")
     for i, seed in enumerate(_section_list(spec, "seeds", path)):
         prompts.extend_from(_seed_source(seed, path, f"{path}: seeds[{i}]", on_bad))
     if "humaneval" in spec:
@@ -354,7 +370,7 @@ TASK_KEYS = {"task", "size", "seed", "shots", "config", "template"}
 
 
 def task_options(task: Any, where: str, size: int = 20) -> dict[str, Any]:
-    """A reasoning-gym task entry checked: known keys, whole sizes and seeds, a config
+    """A procedural task entry checked: known keys, whole sizes and seeds, a config
     mapping and a {question} template (shared by prompt specs and benchmark suites)."""
     if not isinstance(task, dict) or not isinstance(task.get("task"), str) or not task["task"]:
         raise StillroomError("each task is a mapping with a non-empty 'task' name", where=where)
@@ -375,7 +391,7 @@ def task_options(task: Any, where: str, size: int = 20) -> dict[str, Any]:
 
 
 def _task_prompts(task: Any, where: str) -> list[Prompt]:
-    return reasoning_gym_prompts(**task_options(task, where), where=where)
+    return task_prompts(**task_options(task, where), where=where)
 
 
 def _section_list(spec: dict, key: str, path: Path) -> list:
@@ -421,7 +437,7 @@ def load_prompts(spec: str, on_bad: str = "refuse") -> PromptSet:
     or `reasoning_gym:TASK[:SIZE[:SEED]]`."""
     check_on_bad(on_bad)
     if spec.startswith("reasoning_gym:"):
-        return PromptSet(reasoning_gym_prompts(**reasoning_gym_spec(spec), where=spec))
+        return PromptSet(task_prompts(**reasoning_gym_spec(spec), where=spec))
     path = Path(spec)
     if path.is_dir():
         return hf_dataset_prompts(spec, on_bad=on_bad)

@@ -26,6 +26,8 @@ from stillroom import inputs, settings
 from stillroom.errors import StillroomError
 from stillroom.tasks import compat, objectives
 from stillroom.tasks.checkpoints import Checkpoints
+from stillroom.tasks.engine import render_prompt
+from stillroom.tasks.prompts import PROMPT_FORMATS, Prompt
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,10 @@ class TrainConfig:
     seed: int = 0
     objective: str = "forward_kl"
     objective_params: dict[str, float] = field(default_factory=dict)
+    # What the student is trained to answer: the prompt the teacher saw ("teacher"), or the
+    # question alone without the teacher's few-shot examples ("zero_shot", context
+    # distillation: a shorter prompt at inference). Evals give a student the same format.
+    prompt_format: str = "teacher"
 
     def __post_init__(self) -> None:
         for key, value in self.objective_params.items():
@@ -57,6 +63,9 @@ class TrainConfig:
         if self.temperature <= 0:
             raise StillroomError(f"temperature={self.temperature} must be > 0",
                                  where="--temperature")
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise StillroomError(f"must be one of {', '.join(PROMPT_FORMATS)}, not"
+                                 f" {self.prompt_format!r}", where="--prompt-format")
         if self.batch_size < 1 or self.epochs < 1 or self.lr <= 0:
             raise StillroomError("batch_size and epochs must be >= 1 and lr > 0", where="train")
 
@@ -71,13 +80,16 @@ class Example:
     topk_tail: list[float] | None = None   # None: not stored (v1 soft labels)
 
 
-def build_examples(rows: Any, tokenizer: Any) -> tuple[list[Example], list[str]]:
-    """Align each stored response with the prompt tokens the teacher saw.
+def build_examples(rows: Any, tokenizer: Any,
+                   prompt_format: str = "teacher") -> tuple[list[Example], list[str]]:
+    """Align each stored response with the prompt the student is trained on.
 
-    Returns the examples and, for each row left out because its prompt re-tokenises to
-    another length than the engine counted, why (`compat.report` decides whether that many
-    are tolerable)."""
-    examples, mismatches = [], []
+    The teacher's prompt is always re-tokenised and compared with the length the engine
+    counted; returns the examples and, for each row left out because they differ, why
+    (`compat.report` decides whether that many are tolerable). With `prompt_format`
+    "zero_shot" the student's prompt is the row's question alone, rendered the way engines
+    render it (`render_prompt`)."""
+    examples, mismatches, missing = [], [], 0
     for row in rows:
         prompt_ids = compat.prompt_ids(tokenizer, row["prompt"])
         mismatch = compat.prompt_mismatch(tokenizer, row["prompt"], len(prompt_ids),
@@ -88,12 +100,22 @@ def build_examples(rows: Any, tokenizer: Any) -> tuple[list[Example], list[str]]
         targets = list(row["token_ids"])
         if not targets:
             continue
+        if prompt_format == "zero_shot":
+            if not row.get("zero_shot_prompt"):
+                missing += 1
+                continue
+            prompt_ids = compat.prompt_ids(tokenizer, render_prompt(
+                tokenizer, Prompt(row["zero_shot_prompt"], source="zero_shot")))
         tail = row.get("topk_tail")
         examples.append(Example(
             input_ids=prompt_ids + targets, first_target=len(prompt_ids) - 1, targets=targets,
             topk_ids=[list(x) for x in row["topk_ids"] or []],
             topk_logprobs=[list(x) for x in row["topk_logprobs"] or []],
             topk_tail=list(tail) if tail is not None else None))
+    if missing:
+        raise StillroomError(f"{missing} rows have no zero-shot prompt (only prompts built from"
+                             " procedural tasks have one): train them with --prompt-format"
+                             " teacher", where="--prompt-format")
     return examples, mismatches
 
 
@@ -180,7 +202,7 @@ def preflight(tokenizer: Any, model: Any, rows: Any, config: TrainConfig, teache
     from transformers import AutoTokenizer
 
     coverage = objectives.check_coverage(rows["topk_ids"], config.objective, config.kd_weight)
-    examples, mismatches = build_examples(rows, tokenizer)
+    examples, mismatches = build_examples(rows, tokenizer, config.prompt_format)
     teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_model, revision=teacher_revision)
     report = compat.report(
         tokenizer, teacher_tokenizer, model.get_output_embeddings().weight.shape[0],
