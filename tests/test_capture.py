@@ -117,7 +117,7 @@ def bos_chat_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -
     return model
 
 
-@pytest.mark.parametrize("backend", ["vllm", "transformers"])
+@pytest.mark.parametrize("backend", ["vllm", "transformers", "vllm-server"])
 def test_a_template_that_writes_bos_gets_one_bos_and_training_accepts_the_rows(
         bos_chat_model: Path, tmp_path: Path, backend: str) -> None:
     from transformers import AutoTokenizer
@@ -165,3 +165,20 @@ def test_only_prompts_the_tokenisation_rule_changed_get_new_request_keys(
             assert tag is None and stored == before
         else:
             assert tag == compat.PROMPT_TOKENISATION and stored != before
+
+
+def test_rows_generated_before_capture_records_are_listed_as_unrecorded(
+        tiny_model: Path, tmp_path: Path) -> None:
+    catalog = Catalog(tmp_path / "catalog.duckdb").ensure()
+    teacher = teachers.add_teacher(catalog, "tiny", str(tiny_model), "apache-2.0")
+    generate(catalog, teacher, prompts(TOPICS[:3]), SamplingConfig(max_tokens=8, logprobs_k=4),
+             backend="transformers", progress=False)
+    generate(catalog, teacher, prompts(TOPICS[3:]), SamplingConfig(max_tokens=8, logprobs_k=0),
+             backend="transformers", progress=False)
+    with catalog.write() as conn:  # as a catalog migrated from before the captures table
+        conn.execute("DELETE FROM captures")
+    curate(catalog, CURATION, "test")
+    manifest = datasets.manifest(catalog, datasets.cut(catalog, CURATION)["dataset_id"])
+    assert manifest["teachers"][0]["capture"] == [
+        {"engine": None, "k": 0, "soft_label_codec": None, "rows": 3},
+        {"engine": None, "k": 4, "soft_label_codec": soft_labels.VERSION, "rows": 3}]
