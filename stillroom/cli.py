@@ -304,6 +304,8 @@ def _check_generate(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from stillroom.tasks.engine import LOGPROBS_K_MAX
+
     parser = Parser(
         prog="stillroom", description="Distil licensed teachers into small students, with "
         f"provenance on every row. State lives in ${settings.HOME_ENV} (default ./.stillroom).")
@@ -350,8 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--stop", action="append", default=[], type=TEXT,
                      help="stop sequence (repeatable)")
     gen.add_argument("--logprobs-k", type=_typed(int, inputs.whole_number, minimum=0,
-                                                 maximum=100),
-                     default=20, help="top-k logprobs kept per token (0-100)")
+                                                 maximum=LOGPROBS_K_MAX),
+                     default=20, help=f"top-k logprobs kept per token (0-{LOGPROBS_K_MAX})")
     gen.add_argument("--batch-size", type=COUNT, default=64,
                      help="requests per committed batch (>= 1)")
     gen.add_argument("--backend", choices=["vllm", "transformers", "vllm-server", "openai"],

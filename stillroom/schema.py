@@ -338,6 +338,21 @@ MIGRATIONS: list[tuple[int, str]] = [
         """,
     ),
     (
+        9,
+        """
+        -- How each generation run captured its rows: engine and its version, logprob mode,
+        -- tokenizer fingerprint, teacher revision, prompt tokenisation rule (a run has one
+        -- teacher, one engine and one sampling config; k and the soft-label codec version
+        -- are on each row already). Runs before this migration have none.
+        CREATE TABLE captures (
+            run_id      VARCHAR PRIMARY KEY,
+            teacher_id  VARCHAR NOT NULL,
+            record      JSON NOT NULL,
+            created_at  TIMESTAMP NOT NULL
+        );
+        """,
+    ),
+    (
         10,
         """
         -- The prompt format an eval gave the model: the suite's prompts as written

@@ -162,7 +162,7 @@ def test_existing_versions_survive_the_row_storage_migration(
             conn.execute("INSERT INTO dataset_rows VALUES ('old', ?, ?)", [position, rid])
     monkeypatch.undo()
     migrated = Catalog(old.path).ensure()
-    assert migrated.scalar("SELECT max(version) FROM schema_version") == 8
+    assert migrated.scalar("SELECT max(version) FROM schema_version") == schema.LATEST_VERSION
     assert version_rows(migrated, "old") == list(reversed(ids))
 
 

@@ -45,6 +45,25 @@ def prompt_ids(tokenizer: Any, rendered: str) -> list[int]:
     return tokenizer(rendered, add_special_tokens=not already).input_ids
 
 
+PROMPT_TOKENISATION = "prompt_ids/1"
+"""The version of `prompt_ids`' rule: bump it when the rule changes, and `tokenisation_tag`
+must then tell apart the prompts the change affects."""
+
+
+def tokenisation_tag(tokenizer: Any, rendered: str) -> str | None:
+    """`PROMPT_TOKENISATION` where `prompt_ids` gives other ids than the tokenizer's default
+    call, None where they agree.
+
+    For a request key: engines used the default call before they used `prompt_ids`, and the
+    two differ only for a text that already starts with BOS (the default doubled it). Tagging
+    just those keys makes a re-run ask again for the rows generated on a doubled BOS, while
+    the rows of every other prompt (their tokens did not change) keep their keys and stay
+    reused."""
+    if prompt_ids(tokenizer, rendered) != tokenizer(rendered).input_ids:
+        return PROMPT_TOKENISATION
+    return None
+
+
 def prompt_mismatch(tokenizer: Any, rendered: str, length: int, stored: int | None) -> str | None:
     """Why `rendered`, re-tokenised to `length` ids, does not match the `stored` prompt length
     the engine counted (None when it does, or when no count was stored)."""
@@ -53,8 +72,9 @@ def prompt_mismatch(tokenizer: Any, rendered: str, length: int, stored: int | No
     bos = tokenizer.bos_token
     if bos and rendered.startswith(bos) and stored == length + 1:
         return (f"{stored} tokens at generation, {length} here: the engine added a second"
-                f" {bos} to a prompt that already starts with it; regenerate once the engine"
-                " tokenises as `compat.prompt_ids` does")
+                f" {bos} to a prompt that already starts with it (generated before engines"
+                " tokenised as `compat.prompt_ids` does); generate again, which asks the"
+                " teacher anew for such prompts, and cut a new version")
     return f"{stored} tokens at generation, {length} here"
 
 

@@ -58,7 +58,31 @@ def check_teacher_cut(curation: CurationConfig, teacher: str | None) -> None:
             " lose them; cut every teacher, or dedupe with scope: teacher", where="--teacher")
 
 
-def _teacher_provenance(catalog: Catalog, teacher_ids: list[str]) -> list[dict[str, Any]]:
+CAPTURES_SQL = (
+    "SELECT r.teacher_id, c.record, r.topk_k AS k,"
+    " array_slice(r.soft_labels, 1, 1) AS codec_byte, count(*) AS rows"
+    " FROM responses r LEFT JOIN captures c USING (run_id)"
+    " WHERE r.response_id IN (SELECT unnest(?))"
+    " GROUP BY ALL ORDER BY rows DESC, k, codec_byte, c.record")
+
+
+def _captures(catalog: Catalog, ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Each teacher's captures among the rows `ids`, as recorded when they were generated:
+    the generation run's record (`generate.capture_record`; `engine` None for rows from
+    before records were kept), with each row's k and soft-label codec version (the blob's
+    first byte; None without soft labels) and how many rows share all of it."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for row in catalog.rows(CAPTURES_SQL, [ids]):
+        record = json.loads(row["record"]) if row["record"] else {"engine": None}
+        codec = row["codec_byte"][0] if row["codec_byte"] else None
+        out.setdefault(row["teacher_id"], []).append(
+            {**record, "k": row["k"], "soft_label_codec": codec, "rows": row["rows"]})
+    return out
+
+
+def _teacher_provenance(catalog: Catalog, teacher_ids: list[str],
+                        ids: list[str]) -> list[dict[str, Any]]:
+    captures = _captures(catalog, ids)
     teachers = catalog.rows(
         "SELECT teacher_id, name, model, revision, license FROM teachers"
         " WHERE teacher_id IN (SELECT unnest(?)) ORDER BY name", [teacher_ids])
@@ -68,7 +92,8 @@ def _teacher_provenance(catalog: Catalog, teacher_ids: list[str]) -> list[dict[s
                  obligations=list(terms.obligations),
                  grants=[g["reference"] for g in catalog.rows(
                      "SELECT reference FROM license_grants WHERE teacher_id = ?",
-                     [t["teacher_id"]])])
+                     [t["teacher_id"]])],
+                 capture=captures.get(t["teacher_id"], []))
     return teachers
 
 
@@ -102,7 +127,7 @@ def cut(catalog: Catalog, curation: CurationConfig, name: str | None = None,
     manifest = {"dataset_id": dataset_id, "name": name, "rows": len(ids), "config": config,
                 "cost": cost,
                 "config_hash": content_hash(config),
-                "teachers": _teacher_provenance(catalog, teacher_ids), "row_ids": ids}
+                "teachers": _teacher_provenance(catalog, teacher_ids, ids), "row_ids": ids}
     with catalog.write() as conn:
         if conn.execute("SELECT 1 FROM datasets WHERE dataset_id = ?", [dataset_id]).fetchone():
             log.info("dataset %s already exists (%d rows)", dataset_id, len(ids))

@@ -18,9 +18,18 @@ from typing import Any
 
 from stillroom import inputs, settings
 from stillroom.errors import StillroomError
+from stillroom.tasks import compat
 from stillroom.tasks.prompts import Prompt
 
 log = logging.getLogger(__name__)
+
+LOGPROBS_K_MAX = 255
+"""The widest top-k a request may ask for. The soft-label codec stores k in one byte, so 255
+is its limit; within it, storage grows linearly (about 3.2 bytes an entry: 0.4 MB a 512-token
+response at k=255) and vLLM builds one Python object per entry and step, so a large k costs
+throughput on the teacher, not only disk. The tail bucket already carries the mass beyond k."""
+VLLM_DEFAULT_MAX_LOGPROBS = 20
+"""vLLM's own `max_logprobs`: engines are built with at least this, and more when asked."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +52,8 @@ class SamplingConfig:
         inputs.whole_number(self.max_tokens, "sampling.max_tokens", minimum=1)
         inputs.whole_number(self.n, "sampling.n", minimum=1)
         inputs.whole_number(self.seed, "sampling.seed", minimum=0)
-        inputs.whole_number(self.logprobs_k, "sampling.logprobs_k", minimum=0, maximum=100)
+        inputs.whole_number(self.logprobs_k, "sampling.logprobs_k", minimum=0,
+                            maximum=LOGPROBS_K_MAX)
         if not isinstance(self.stop, tuple):
             raise StillroomError(f"must be a tuple of strings, not {self.stop!r}",
                                  where="sampling.stop")
@@ -101,15 +111,34 @@ def render_prompt(tokenizer: Any, prompt: Prompt) -> str:
 
 
 class Engine:
-    """What every backend shares: the model it serves and how prompts become text."""
+    """What every backend shares: the model it serves and how prompts become text and ids."""
 
     backend = "base"
     model: str
     revision: str | None
     tokenizer: Any
+    max_logprobs: int | None = None  # the widest top-k it can return; None: no limit of its own
 
     def render(self, prompt: Prompt) -> str:
         return render_prompt(self.tokenizer, prompt)
+
+    def prompt_ids(self, rendered: str) -> list[int]:
+        """The ids the model is given for a rendered prompt: `compat.prompt_ids`, the one rule
+        training re-tokenises with too (no second BOS after a template that writes one)."""
+        return compat.prompt_ids(self.tokenizer, rendered)
+
+    def capture(self) -> dict[str, Any]:
+        """How this engine captures rows, for the dataset manifest: `engine`, its
+        `engine_version` and `logprob_mode` (`raw`: the model's unmodified distribution,
+        before temperature and top-p)."""
+        raise NotImplementedError
+
+    def check_logprobs(self, k: int) -> None:
+        """Refuse a top-k wider than this engine was built for, naming what to do."""
+        if self.max_logprobs is not None and k > self.max_logprobs:
+            raise StillroomError(f"this engine was started for at most {self.max_logprobs}"
+                                 f" logprobs per token, not {k}; get it from `engine_for`"
+                                 " with max_logprobs", where="sampling.logprobs_k")
 
     def generate(self, rendered: list[str], sampling: SamplingConfig) -> list[list[Completion]]:
         """`sampling.n` completions for each rendered prompt, in prompt order."""
@@ -151,7 +180,8 @@ class VLLMEngine(Engine):
     backend = "vllm"
 
     def __init__(self, model: str, revision: str | None = None, max_model_len: int = 2048,
-                 dtype: str = "float32", seed: int = 0) -> None:
+                 dtype: str = "float32", seed: int = 0,
+                 max_logprobs: int = VLLM_DEFAULT_MAX_LOGPROBS) -> None:
         settings.apply_engine_env()
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "auto")
         try:
@@ -164,19 +194,27 @@ class VLLMEngine(Engine):
         vllm_tokenizer.install()
         self.model = model
         self.revision = revision
+        self.max_logprobs = max_logprobs
         started = time.monotonic()
         try:
             # On CPU, chunked prefill plus a seeded sampler crashes vLLM ("CPU Generator
             # does not use offset") as soon as a prompt is split across steps.
             cpu_only = {} if settings.has_cuda() else {"enable_chunked_prefill": False}
+            # Raw logprobs (before temperature, top-p and logit processors) pinned, not left
+            # to the version's default: the soft labels are the teacher's own distribution.
             self.llm = LLM(model=model, revision=revision, dtype=dtype, seed=seed,
                            max_model_len=context_length(model, revision, max_model_len),
+                           max_logprobs=max_logprobs, logprobs_mode="raw_logprobs",
                            enforce_eager=True, **cpu_only)
         except (OSError, ValueError, RuntimeError) as exc:
             raise StillroomError(f"cannot load model: {exc}", where=model) from exc
         self.start_seconds = time.monotonic() - started
         self.tokenizer = self.llm.get_tokenizer()
         log.info("vLLM engine for %s ready in %.1fs", model, self.start_seconds)
+
+    def capture(self) -> dict[str, Any]:
+        return {"engine": "vllm", "engine_version": package_version("vllm"),
+                "logprob_mode": "raw"}
 
     def stream(self, rendered: list[str], sampling: SamplingConfig,
                max_in_flight: int = 512) -> Iterator[tuple[int, list[Completion]]]:
@@ -185,9 +223,11 @@ class VLLMEngine(Engine):
         Continuous batching across the whole run: the caller commits finished rows while
         the rest keep decoding, instead of the engine idling between fixed batches. Each
         completion's latency runs from its request's enqueueing to the step that finished it.
+        Prompts go in as ids (`prompt_ids`), never as text for vLLM to tokenise its own way.
         """
-        from vllm import SamplingParams
+        from vllm import SamplingParams, TokensPrompt
 
+        self.check_logprobs(sampling.logprobs_k)
         params = SamplingParams(
             n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
             max_tokens=sampling.max_tokens, seed=sampling.seed, stop=list(sampling.stop) or None,
@@ -202,7 +242,9 @@ class VLLMEngine(Engine):
             if not batch:
                 return
             now = time.monotonic()
-            request_ids = self.llm.enqueue([text for _, text in batch], params, use_tqdm=False)
+            request_ids = self.llm.enqueue(
+                [TokensPrompt(prompt_token_ids=self.prompt_ids(text)) for _, text in batch],
+                params, use_tqdm=False)
             for (index, _), request_id in zip(batch, request_ids, strict=True):
                 # Outputs carry the id's counter part only ("7" for "7-1a2b"), as in LLM itself.
                 position[request_id.split("-", 1)[0]] = index
@@ -246,6 +288,18 @@ def _completion(output: Any, prompt_tokens: int, k: int, latency: float) -> Comp
                       topk_ids=topk_ids, topk_logprobs=topk_logprobs, latency_s=latency)
 
 
+def package_version(name: str) -> str | None:
+    """An installed distribution's version, read without importing it (None if absent)."""
+    from importlib import metadata
+
+    for candidate in (name, f"{name}-cpu"):  # vLLM's CPU build is packaged as vllm-cpu
+        try:
+            return metadata.version(candidate)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
 BACKENDS = ("vllm", "transformers", "vllm-server", "openai")
 _current: Engine | None = None
 _current_key: tuple | None = None
@@ -253,11 +307,14 @@ _current_key: tuple | None = None
 
 def engine_for(model: str, revision: str | None = None, backend: str = "vllm",
                endpoints: list[str] | None = None, api_key_env: str | None = None,
-               **options: Any) -> Engine:
+               max_logprobs: int = 0, **options: Any) -> Engine:
     """The process's engine for `model`, started on first use (the previous one shut down).
 
     Backends: `vllm` (offline engine), `transformers` (fallback), `vllm-server` (a local
     OpenAI-compatible vLLM server started here), `openai` (external endpoints by URL).
+    `max_logprobs` is the widest top-k the caller will ask for: a running engine built for
+    fewer is restarted for it (vLLM refuses more than it was built for); one built for as
+    many or more is reused, so a generation at k=32 followed by an eval at k=0 keeps it.
     """
     global _current, _current_key
     if backend not in BACKENDS:
@@ -265,9 +322,11 @@ def engine_for(model: str, revision: str | None = None, backend: str = "vllm",
                              where="--backend")
     key = (model, revision, backend, tuple(endpoints or ()), api_key_env,
            tuple(sorted(options.items())))
-    if _current is not None and _current_key == key:
+    if _current is not None and _current_key == key and \
+            (_current.max_logprobs is None or _current.max_logprobs >= max_logprobs):
         return _current
     close_engine()
+    max_logprobs = max(max_logprobs, VLLM_DEFAULT_MAX_LOGPROBS)
     if backend == "transformers":
         from stillroom.tasks.hf_engine import TransformersEngine
 
@@ -279,12 +338,12 @@ def engine_for(model: str, revision: str | None = None, backend: str = "vllm",
             raise StillroomError("the openai backend needs --endpoint URL", where="--endpoint")
         if backend == "vllm-server":
             require_vllm(backend)
-        server = VLLMServer(model, revision) if backend == "vllm-server" else None
+        server = VLLMServer(model, revision, max_logprobs=max_logprobs) \
+            if backend == "vllm-server" else None
         _current = OpenAIEngine(model, revision, [server.url] if server else endpoints or [],
-                                api_key_env=api_key_env,
-                                on_close=server.stop if server else None, **options)
+                                api_key_env=api_key_env, server=server, **options)
     else:
-        _current = VLLMEngine(model, revision)
+        _current = VLLMEngine(model, revision, max_logprobs=max_logprobs)
     _current_key = key
     return _current
 

@@ -1,9 +1,10 @@
 """Teacher generation: license gate, request cache, batched calls, batch commits.
 
 A request's key is the teacher, its revision, the rendered prompt, the sampling
-parameters and k. Keys already answered in the catalog are never sent again, and
-each batch is committed as soon as it returns, so a killed run loses at most the
-batch in flight.
+parameters and k (and the prompt tokenisation rule where it matters, see `request_key`).
+Keys already answered in the catalog are never sent again, and each batch is committed as
+soon as it returns, so a killed run loses at most the batch in flight. Each run records how
+it captured its rows (`capture_record`), for the manifests of the versions cut from them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from tqdm import tqdm
 from stillroom.catalog import Catalog, insert_records
 from stillroom.hashing import canonical_json, content_hash
 from stillroom.runs import recorded_run
-from stillroom.tasks import soft_labels
+from stillroom.tasks import compat, soft_labels
 from stillroom.tasks.engine import (
     Completion,
     Engine,
@@ -32,8 +33,21 @@ from stillroom.tasks.teachers import Teacher, authorize
 log = logging.getLogger(__name__)
 
 
-def request_key(teacher: Teacher, rendered: str, sampling: SamplingConfig) -> str:
-    return content_hash(teacher.teacher_id, teacher.revision, rendered, sampling.as_dict())
+def request_key(teacher: Teacher, rendered: str, sampling: SamplingConfig,
+                tokenisation: str | None = None) -> str:
+    """The cache key of one teacher call. `tokenisation` is `compat.tokenisation_tag`: set
+    only for prompts whose ids the current rule changed, so their rows from before it (a
+    doubled BOS) are asked again, while every other key stays what it always was."""
+    parts = (teacher.teacher_id, teacher.revision, rendered, sampling.as_dict())
+    return content_hash(*parts, *([tokenisation] if tokenisation else []))
+
+
+def capture_record(engine: Engine, teacher: Teacher) -> dict[str, Any]:
+    """How this run captures its rows: the engine's own account (name, version, logprob
+    mode), the tokenizer's fingerprint, the teacher revision it was asked for and the prompt
+    tokenisation rule. k and the soft-label codec version are on each row."""
+    return {**engine.capture(), "tokenizer_hash": compat.tokenizer_fingerprint(engine.tokenizer),
+            "revision": teacher.revision, "prompt_tokenisation": compat.PROMPT_TOKENISATION}
 
 
 def answered_keys(catalog: Catalog, keys: list[str], n: int) -> set[str]:
@@ -143,13 +157,20 @@ def generate(catalog: Catalog, teacher: Teacher, prompts: list[Prompt], sampling
         # An engine that fails to start leaves only this run, marked failed: the prompts are
         # stored once there is an engine to answer them (before any answer, as rows need).
         engine = engine or engine_for(teacher.model, teacher.revision, backend,
-                                      endpoints=endpoints, api_key_env=api_key_env)
+                                      endpoints=endpoints, api_key_env=api_key_env,
+                                      max_logprobs=sampling.logprobs_k)
+        engine.check_logprobs(sampling.logprobs_k)
         store_prompts(catalog, prompts)
+        with catalog.write() as conn:
+            conn.execute("INSERT INTO captures VALUES (?, ?, ?, now())",
+                         [run.run_id, teacher.teacher_id,
+                          canonical_json(capture_record(engine, teacher))])
         rejected = getattr(prompts, "rejected", [])  # seed rows set aside under `report`
         if rejected:
             with catalog.write() as conn:
                 store_rejected(conn, rejected, run.run_id)
-        requests = [(p, rendered := engine.render(p), request_key(teacher, rendered, sampling))
+        requests = [(p, rendered := engine.render(p), request_key(
+            teacher, rendered, sampling, compat.tokenisation_tag(engine.tokenizer, rendered)))
                     for p in prompts]
         unique = list({key: (p, r, key) for p, r, key in requests}.values())
         done = answered_keys(catalog, [key for _, _, key in unique], sampling.n)

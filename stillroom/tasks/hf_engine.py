@@ -1,7 +1,9 @@
 """The transformers fallback backend: batched `generate` for machines without vLLM.
 
 It returns what the vLLM engine returns (text, tokens, finish reason, top-k logprobs of
-the model's raw distribution), so stored rows do not depend on the backend.
+the model's raw distribution: log_softmax of the logits before temperature and top-p, as
+vLLM's pinned `raw_logprobs`), from the same prompt ids (`Engine.prompt_ids`), so stored rows
+do not depend on the backend.
 """
 
 from __future__ import annotations
@@ -9,11 +11,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
 from stillroom.errors import StillroomError
-from stillroom.tasks.engine import Completion, Engine, SamplingConfig
+from stillroom.tasks.engine import Completion, Engine, SamplingConfig, package_version
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,10 @@ class TransformersEngine(Engine):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.start_seconds = time.monotonic() - started
 
+    def capture(self) -> dict[str, Any]:
+        return {"engine": "transformers", "engine_version": package_version("transformers"),
+                "logprob_mode": "raw"}
+
     def stream(self, rendered: list[str],
                sampling: SamplingConfig) -> Iterator[tuple[int, list[Completion]]]:
         """Fixed batches: every request of a batch is submitted and completed with it, so
@@ -52,7 +59,8 @@ class TransformersEngine(Engine):
 
     @torch.inference_mode()
     def _batch(self, texts: list[str], sampling: SamplingConfig) -> list[list[Completion]]:
-        batch = self.tokenizer(texts, return_tensors="pt", padding=True)
+        batch = self.tokenizer.pad({"input_ids": [self.prompt_ids(t) for t in texts]},
+                                   return_tensors="pt", padding=True)
         prompt_lengths = batch.attention_mask.sum(dim=1).tolist()
         greedy = sampling.temperature == 0
         torch.manual_seed(sampling.seed)
@@ -64,6 +72,7 @@ class TransformersEngine(Engine):
             stop_strings=list(sampling.stop) or None, tokenizer=self.tokenizer,
             pad_token_id=self.tokenizer.pad_token_id)
         width = batch.input_ids.shape[1]
+        # `out.logits` are the raw logits, before temperature and top-p: raw logprobs.
         logprobs = torch.stack(out.logits, dim=1).float().log_softmax(-1)  # [B*n, T, V]
         completions = [self._completion(out.sequences[row, width:], logprobs[row],
                                         prompt_lengths[row // sampling.n], sampling)

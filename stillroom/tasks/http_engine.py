@@ -38,11 +38,13 @@ import httpx
 from stillroom import settings
 from stillroom.errors import StillroomError
 from stillroom.tasks.engine import (
+    VLLM_DEFAULT_MAX_LOGPROBS,
     Completion,
     Engine,
     RequestFailure,
     SamplingConfig,
     context_length,
+    package_version,
 )
 from stillroom.tasks.token_map import TokenMap
 
@@ -70,7 +72,9 @@ class OpenAIEngine(Engine):
     def __init__(self, model: str, revision: str | None, endpoints: list[str],
                  api_key_env: str | None = None, concurrency: int = 8, timeout: float = 60.0,
                  max_retries: int = 4, backoff: float = 0.5, served_model: str | None = None,
-                 on_close: Any = None) -> None:
+                 server: VLLMServer | None = None) -> None:
+        """`server`: the local vLLM server Stillroom started for these endpoints (stopped on
+        `close`, and its engine and logprob mode known); None for external endpoints."""
         from transformers import AutoTokenizer
 
         if not endpoints:
@@ -85,7 +89,8 @@ class OpenAIEngine(Engine):
             raise StillroomError(f"environment variable {api_key_env} is not set",
                                  where="--api-key-env")
         self.retries = 0
-        self._on_close = on_close
+        self._server = server
+        self.max_logprobs = server.max_logprobs if server else None
         self._probed: dict[tuple[str, int], bool] = {}  # (url, k) -> server gives exact ids
         self._token_map: TokenMap | None = None
         try:
@@ -94,9 +99,21 @@ class OpenAIEngine(Engine):
             raise StillroomError(f"cannot load the tokenizer to render prompts: {exc}",
                                  where=model) from exc
 
+    def capture(self) -> dict[str, Any]:
+        """A server Stillroom started is known (vLLM, this version, raw logprobs pinned); an
+        external server's engine, version and logprob mode are not visible from here."""
+        if self._server is not None:
+            return self._server.capture()
+        return {"engine": "openai-http", "engine_version": None, "logprob_mode": "unknown"}
+
     def stream(self, rendered: list[str], sampling: SamplingConfig
                ) -> Iterator[tuple[int, list[Completion] | RequestFailure]]:
-        """Results as requests finish; the event loop runs in a thread so callers stay sync."""
+        """Results as requests finish; the event loop runs in a thread so callers stay sync.
+
+        An endpoint that answers with exact ids (vLLM) is sent the prompt as ids
+        (`prompt_ids`, the rule training uses); a plain OpenAI-compatible server is sent the
+        text and tokenises it its own way (its `usage.prompt_tokens` is what is stored)."""
+        self.check_logprobs(sampling.logprobs_k)
         results: queue.Queue = queue.Queue()
         done = object()
         error: list[BaseException] = []
@@ -125,23 +142,30 @@ class OpenAIEngine(Engine):
         async with httpx.AsyncClient(timeout=self.timeout, headers=headers,
                                      limits=limits) as client:
             if rendered:
-                await asyncio.gather(*(self._probe(client, e, rendered[0], sampling)
+                first = (rendered[0], self.prompt_ids(rendered[0]))
+                await asyncio.gather(*(self._probe(client, e, first, sampling)
                                        for e in endpoints))
 
-            async def one(index: int, prompt: str) -> None:
+            async def one(index: int, text: str) -> None:
+                prompt = (text, self.prompt_ids(text))
                 results.put((index, await self._request(client, endpoints, prompt, sampling)))
 
             await asyncio.gather(*(one(i, p) for i, p in enumerate(rendered)))
 
-    def _body(self, prompt: str, sampling: SamplingConfig, token_ids: bool) -> dict[str, Any]:
-        body = {"model": self.served_model, "prompt": prompt, "n": sampling.n,
+    def _body(self, prompt: tuple[str, list[int]], sampling: SamplingConfig,
+              token_ids: bool) -> dict[str, Any]:
+        """The request for `prompt` (its text and its ids): ids to a server answering with
+        exact ids (vLLM takes a list of ids as the prompt), the text to a plain one."""
+        text, ids = prompt
+        body = {"model": self.served_model, "prompt": ids if token_ids else text,
+                "n": sampling.n,
                 "max_tokens": sampling.max_tokens, "temperature": sampling.temperature,
                 "top_p": sampling.top_p, "seed": sampling.seed,
                 "stop": list(sampling.stop) or None, "logprobs": sampling.logprobs_k or 1}
         return {**body, VLLM_IDS: True} if token_ids else body
 
-    async def _probe(self, client: httpx.AsyncClient, endpoint: Endpoint, prompt: str,
-                     sampling: SamplingConfig) -> None:
+    async def _probe(self, client: httpx.AsyncClient, endpoint: Endpoint,
+                     prompt: tuple[str, list[int]], sampling: SamplingConfig) -> None:
         """Once per endpoint and k: one token with the run's logprobs, first with vLLM's
         exact-ids extension, then (refused) without; a server that gives neither stops the
         run here with its own reason instead of failing every request after retries."""
@@ -204,7 +228,8 @@ class OpenAIEngine(Engine):
                                  f"{min(widths, default=0)}: lower --logprobs-k", where=url)
         return all(str(t).startswith("token_id:") for t in tokens)
 
-    async def _request(self, client: httpx.AsyncClient, endpoints: list[Endpoint], prompt: str,
+    async def _request(self, client: httpx.AsyncClient, endpoints: list[Endpoint],
+                       prompt: tuple[str, list[int]],
                        sampling: SamplingConfig) -> list[Completion] | RequestFailure:
         reason = ""
         sent = 0.0
@@ -279,8 +304,8 @@ class OpenAIEngine(Engine):
                           topk_logprobs=topk_logprobs, token_ids_exact=exact)
 
     def close(self) -> None:
-        if self._on_close is not None:
-            self._on_close()
+        if self._server is not None:
+            self._server.stop()
 
 
 def _token_id(token: str) -> int:
@@ -313,13 +338,16 @@ class VLLMServer:
     """`python -m vllm.entrypoints.openai.api_server` for one model, on a free local port."""
 
     def __init__(self, model: str, revision: str | None = None, max_model_len: int = 2048,
-                 startup_timeout: float = 300) -> None:
+                 startup_timeout: float = 300,
+                 max_logprobs: int = VLLM_DEFAULT_MAX_LOGPROBS) -> None:
         self.port = free_port()
+        self.max_logprobs = max_logprobs
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
                    "--host", "127.0.0.1", "--port", str(self.port), "--dtype", "float32",
                    "--enforce-eager", "--max-model-len",
-                   str(context_length(model, revision, max_model_len))]
+                   str(context_length(model, revision, max_model_len)),
+                   "--max-logprobs", str(max_logprobs), "--logprobs-mode", "raw_logprobs"]
         if revision:
             command += ["--revision", revision]
         if not settings.has_cuda():  # see VLLMEngine: seeded sampling crashes chunked prefill
@@ -345,6 +373,11 @@ class VLLMServer:
         except BaseException:  # also Ctrl-C or SIGTERM while it starts: never leave it running
             self.stop()
             raise
+
+    def capture(self) -> dict[str, Any]:
+        """The server runs this Python's vLLM with raw logprobs pinned (see `__init__`)."""
+        return {"engine": "vllm-server", "engine_version": package_version("vllm"),
+                "logprob_mode": "raw"}
 
     def stop(self) -> None:
         """SIGTERM the server's process group (vLLM shuts its engine core down), wait; then
