@@ -189,10 +189,12 @@ def steps_to_reach(curve: list[dict[str, Any]], target: float) -> float | None:
     """The step (linearly interpolated between evaluations) at which a held-out KL curve first
     reaches `target`; None if it never does."""
     points = [(e["step"], e["kl"]) for e in curve if e["kl"] is not None]
+    if points and points[0][1] <= target:
+        return float(points[0][0])
     for (s0, k0), (s1, k1) in zip(points, points[1:], strict=False):
-        if k1 <= target:
-            return float(s1) if k0 == k1 else s0 + (k0 - target) / (k0 - k1) * (s1 - s0)
-    return 0.0 if points and points[0][1] <= target else None
+        if k1 <= target:   # k0 > target here, so k0 > k1
+            return s0 + (k0 - target) / (k0 - k1) * (s1 - s0)
+    return None
 
 
 def train_arm(catalog: Any, dataset_id: str, arm: str, seed: int,
@@ -288,7 +290,8 @@ def main(argv: list[str] | None = None) -> None:
 
     settings.apply_engine_env()
     settings.apply_prefect_env()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("stillroom").setLevel(logging.INFO)
     from stillroom.catalog import Catalog
     from stillroom.eval.suites import load_suite
