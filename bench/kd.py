@@ -115,6 +115,7 @@ def quick_teacher(catalog: Any, work: Path) -> tuple[str, str, dict[str, Any]]:
 
     from stillroom.tasks.teachers import add_teacher
 
+    work.mkdir(parents=True, exist_ok=True)
     model = build_tiny_model(work / "tiny-teacher")
     add_teacher(catalog, "tiny", str(model), "apache-2.0", gpu_hour_usd=0.1)
     prompts = work / "prompts.jsonl"
@@ -293,9 +294,9 @@ def summarise(results: dict[str, dict[int, dict[str, Any]]], teacher: dict[str, 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="stillroom-kd-bench-"))
-    os.environ["STILLROOM_HOME"] = args.catalog or os.environ.get(
-        "STILLROOM_HOME", str(work / "home"))
+    home = Path(args.catalog or os.environ.get("STILLROOM_HOME")
+                or tempfile.mkdtemp(prefix="stillroom-kd-bench-")).resolve()
+    os.environ["STILLROOM_HOME"] = str(home)
     from stillroom import settings
 
     settings.apply_engine_env()
@@ -309,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
 
     started = time.monotonic()
     catalog = Catalog().ensure()
-    teacher, suite_ref, source = (quick_teacher(catalog, work) if args.quick
+    teacher, suite_ref, source = (quick_teacher(catalog, home / "quick") if args.quick
                                   else demo_teacher(catalog))
     dataset_id = build_dataset(catalog, teacher, source, args.quick)
     suite = load_suite(suite_ref)
