@@ -139,7 +139,9 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
                          lr=args.lr, kd_weight=args.kd_weight, temperature=args.temperature,
                          seed=args.seed, objective=args.objective,
                          objective_params=dict(args.objective_param),
-                         prompt_format=args.prompt_format)
+                         prompt_format=args.prompt_format,
+                         **{key: getattr(args, key) for key in ("heldout_fraction", "eval_every")
+                            if getattr(args, key) is not None})  # else TrainConfig's defaults
     every = {"checkpoint_every": args.checkpoint_every} if args.checkpoint_every else {}
     return train_student(Catalog(), args.dataset, args.name, args.layers, config, **every,
                          layer_choice_method=args.layer_choice, init_model=args.init,
@@ -251,6 +253,7 @@ PORT = _typed(int, inputs.whole_number, minimum=1, maximum=65535)
 PRICE = _typed(float, inputs.real_number, minimum=0)
 POSITIVE = _typed(float, inputs.real_number, positive=True)
 FRACTION = _typed(float, inputs.real_number, minimum=0, maximum=1)
+HELDOUT = _typed(float, inputs.fraction_below_one)
 NAME = _typed(str, inputs.name)
 REF = _typed(str, inputs.reference)
 URL = _typed(str, inputs.endpoint_url)
@@ -437,6 +440,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train on the prompts as the teacher saw them (default), or on"
                             " each question alone without the teacher's few-shot examples"
                             " (zero_shot; procedural-task prompts only)")
+    train.add_argument("--heldout-fraction", type=HELDOUT, metavar="FRACTION",
+                       help="share of the dataset's prompts held out, never trained on, to "
+                            "measure the student against the teacher on (in [0, 1), default "
+                            "0.1; 0: off)")
+    train.add_argument("--eval-every", type=COUNT, metavar="STEPS",
+                       help="steps between held-out evaluations (>= 1, default 50; also before "
+                            "the first step and at the end)")
     train.add_argument("--checkpoint-every", type=COUNT, metavar="STEPS",
                        help="steps between checkpoints (default 50); a re-run after a crash "
                             "resumes from the last one")

@@ -58,6 +58,14 @@ def real_number(value: Any, where: str, minimum: float | None = None,
     return float(value)
 
 
+def fraction_below_one(value: Any, where: str) -> float:
+    """A finite number in [0, 1): a share of something that must leave some of it over."""
+    number = real_number(value, where)
+    if not 0 <= number < 1:
+        raise StillroomError(f"must be in [0, 1), not {value}", where=where)
+    return number
+
+
 def key_number(value: Any, where: str) -> tuple[str, float]:
     """`KEY=VALUE` with an identifier KEY and a finite number VALUE: (KEY, VALUE)."""
     key, equals, number = value.partition("=") if isinstance(value, str) else ("", "", "")

@@ -19,15 +19,17 @@ from stillroom.tasks import models, students, teachers
 from stillroom.tasks.checkpoints import STEP_PREFIX
 from stillroom.tasks.training import TrainConfig
 
-STEPS, EVERY, SEED = 16, 4, 3
-CONFIG = TrainConfig(max_steps=STEPS, batch_size=2, lr=1e-3, seed=SEED)
+STEPS, EVERY, SEED, EVAL_EVERY, HELDOUT = 16, 4, 3, 3, 0.4   # 0.4: 2 of the 8 tiny prompts
+CONFIG = TrainConfig(max_steps=STEPS, batch_size=2, lr=1e-3, seed=SEED,
+                     heldout_fraction=HELDOUT, eval_every=EVAL_EVERY)
 
 
 def train_cli(home: Path, name: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "stillroom.cli", "train", "--dataset", "tiny-data", "--name", name,
          "--layers", "2", "--max-steps", str(STEPS), "--batch-size", "2", "--lr", "1e-3",
-         "--seed", str(SEED), "--checkpoint-every", str(EVERY)],
+         "--seed", str(SEED), "--checkpoint-every", str(EVERY), "--heldout-fraction",
+         str(HELDOUT), "--eval-every", str(EVAL_EVERY)],
         env={**os.environ, "STILLROOM_HOME": str(home)}, stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL, text=True)
 
@@ -76,5 +78,10 @@ def test_kill_9_then_rerun_resumes_and_ends_with_the_same_weights(
     assert summary["weights_digest"] == reference["weights_digest"]
     assert models.weights_digest(Path(summary["path"])) == summary["weights_digest"]
     assert not run_dir.exists()  # published, so its checkpoints are gone
-    history = json.loads((Path(summary["path"]) / "training.json").read_text())["history"]
-    assert len(history) == STEPS  # the losses before the kill came back with the checkpoint
+    written = json.loads((Path(summary["path"]) / "training.json").read_text())
+    assert len(written["history"]) == STEPS  # the losses before the kill came back with it
+    # So did the held-out evaluations: the same list as the unbroken run's, value for value.
+    unbroken_heldout = students.resolve_student(catalog, reference["student"])["metrics"]
+    assert [e["step"] for e in written["heldout"]] == [0, 3, 6, 9, 12, 15, 16]
+    assert written["heldout"] == unbroken_heldout["heldout"]
+    assert summary["heldout"] == reference["heldout"] == written["heldout"][-1]

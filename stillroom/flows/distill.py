@@ -99,14 +99,22 @@ def refresh_dataset(teacher: str, prompts: str = DEMO_PROMPTS, max_tokens: int =
 @flow(name="train_student")
 def train_student(dataset: str, name: str, layers: int = 4, epochs: int = 3,
                   batch_size: int = 8, lr: float = 3e-4, kd_weight: float = 0.5,
-                  temperature: float = 1.0, prompt_format: str = "teacher") -> dict[str, Any]:
-    """Cut a student from the dataset's teacher and train it (SFT + top-k KD)."""
+                  temperature: float = 1.0, objective: str = "forward_kl",
+                  objective_params: dict[str, float] | None = None, seed: int = 0,
+                  heldout_fraction: float = 0.1, eval_every: int = 50,
+                  max_steps: int | None = None, prompt_format: str = "teacher") -> dict[str, Any]:
+    """Cut a student from the dataset's teacher and train it (SFT plus the `objective`'s
+    divergence to the teacher's soft labels), tracking it on a held-out share of prompts."""
     reconcile(Catalog())
     inputs.reference(dataset, "dataset")
     inputs.name(name, "name")
     inputs.whole_number(layers, "layers", minimum=1)
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, kd_weight=kd_weight,
-                         temperature=temperature, prompt_format=prompt_format)
+    config = TrainConfig(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
+                         kd_weight=kd_weight, temperature=temperature, seed=seed,
+                         objective=objective,
+                         objective_params={} if objective_params is None else objective_params,
+                         heldout_fraction=heldout_fraction, eval_every=eval_every,
+                         prompt_format=prompt_format)
     return students.train_student(Catalog(), dataset, name, layers, config)
 
 
@@ -133,7 +141,11 @@ def run_benchmarks(models: list[str], suite: str = DEMO_SUITE,
 def distill(teacher: str, prompts: str = DEMO_PROMPTS, suite: str = DEMO_SUITE,
             student: str | None = None, layers: int = 4, epochs: int = 3,
             kd_weight: float = 0.5, max_tokens: int = 16,
-            stop: list[str] | None = None, prompt_format: str = "teacher") -> dict[str, Any]:
+            stop: list[str] | None = None, objective: str = "forward_kl",
+            objective_params: dict[str, float] | None = None, seed: int = 0,
+            heldout_fraction: float = 0.1, eval_every: int = 50, max_steps: int | None = None,
+            lr: float = 3e-4, batch_size: int = 8,
+            prompt_format: str = "teacher") -> dict[str, Any]:
     """The whole loop for one teacher: dataset, student, and teacher-vs-student benchmarks.
 
     Parameters the later stages take are checked first, so a bad one fails in seconds, not
@@ -141,14 +153,19 @@ def distill(teacher: str, prompts: str = DEMO_PROMPTS, suite: str = DEMO_SUITE,
     reconcile(Catalog())
     student = students.validate_student_name(student or f"{teacher}-student", "student")
     inputs.whole_number(layers, "layers", minimum=1)
-    TrainConfig(epochs=epochs, kd_weight=kd_weight, prompt_format=prompt_format)
+    training = {"epochs": epochs, "kd_weight": kd_weight, "objective": objective,
+                "objective_params": {} if objective_params is None else objective_params,
+                "seed": seed,
+                "heldout_fraction": heldout_fraction, "eval_every": eval_every,
+                "max_steps": max_steps, "lr": lr, "batch_size": batch_size,
+                "prompt_format": prompt_format}
+    TrainConfig(**training)
     SamplingConfig(max_tokens=max_tokens)
     load_suite(suite)
     refreshed = refresh_dataset(teacher, prompts, max_tokens=max_tokens, stop=stop,
                                 dataset_name=f"{teacher}-data")
     benchmarks = run_benchmarks([teacher], suite)  # reuses the teacher's warm engine
-    trained = train_student(refreshed["dataset"]["dataset_id"], student, layers, epochs,
-                            kd_weight=kd_weight, prompt_format=prompt_format)
+    trained = train_student(refreshed["dataset"]["dataset_id"], student, layers, **training)
     # The init is asked in the format its trained version learned, so the two compare.
     benchmarks += run_benchmarks([f"{student}-init", student], suite, prompt_format)
     return {"dataset": refreshed["dataset"], "student": trained, "benchmarks": benchmarks}

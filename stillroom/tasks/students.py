@@ -281,7 +281,8 @@ def train_student(catalog: Catalog, dataset_ref: str, name: str, layers: int | N
             run.summary.update(student=student["ref"], student_id=student["student_id"],
                                dataset_id=dataset_id, path=student["path"], reused=True,
                                init=student["provenance"].get("init_student", start["ref"]),
-                               weights_digest=student["weights_digest"])
+                               weights_digest=student["weights_digest"],
+                               heldout=_final_heldout(student["metrics"]))
             return run.summary
         checkpoints = Checkpoints(checkpoints_dir(), build_key)
         with checkpoints.exclusive():
@@ -300,6 +301,14 @@ def train_student(catalog: Catalog, dataset_ref: str, name: str, layers: int | N
         run.summary.update(student=published["ref"], student_id=published["student_id"],
                            dataset_id=dataset_id, path=published["path"], reused=False,
                            init=start["ref"], weights_digest=published["weights_digest"],
+                           heldout=_final_heldout(metrics),
                            **{k: metrics[k] for k in ("steps", "resumed_from_step", "examples",
-                                                      "first_loss", "last_loss", "seconds")})
+                                                      "first_loss", "last_loss", "seconds",
+                                                      "tokens_per_s", "heldout_rows")})
     return run.summary
+
+
+def _final_heldout(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The last held-out evaluation of a training (None without tracking)."""
+    evals = (metrics or {}).get("heldout") or []
+    return evals[-1] if evals else None

@@ -5,7 +5,9 @@ divergence is the configured objective (`stillroom.tasks.objectives`; default fo
 the teacher's top-k plus a tail bucket). Before any step the run checks that the student can
 learn from the dataset (`stillroom.tasks.compat`) and which rows carry soft labels. Logits are
 computed only at response positions: with a 262k vocabulary the LM head dominates the cost of
-a small student.
+a small student. A held-out share of the prompts (`stillroom.tasks.heldout`) is never trained
+on; the student is measured on it before the first step, every `eval_every` steps and at the
+end, and that history is part of every checkpoint.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from tqdm import tqdm
 
 from stillroom import inputs, settings
 from stillroom.errors import StillroomError
-from stillroom.tasks import compat, objectives
+from stillroom.tasks import compat, heldout, objectives
 from stillroom.tasks.checkpoints import Checkpoints
 from stillroom.tasks.engine import render_prompt
 from stillroom.tasks.prompts import PROMPT_FORMATS, Prompt
@@ -32,6 +34,7 @@ from stillroom.tasks.prompts import PROMPT_FORMATS, Prompt
 log = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINT_EVERY = 50
+DEFAULT_EVAL_EVERY = 50
 
 
 @dataclass(frozen=True)
@@ -48,26 +51,34 @@ class TrainConfig:
     seed: int = 0
     objective: str = "forward_kl"
     objective_params: dict[str, float] = field(default_factory=dict)
+    heldout_fraction: float = 0.1     # of the dataset's prompts, never trained on; 0: none
+    eval_every: int = DEFAULT_EVAL_EVERY   # steps between held-out evaluations
     # What the student is trained to answer: the prompt the teacher saw ("teacher"), or the
     # question alone without the teacher's few-shot examples ("zero_shot", context
     # distillation: a shorter prompt at inference). Evals give a student the same format.
     prompt_format: str = "teacher"
 
     def __post_init__(self) -> None:
+        """Every field checked, each naming its CLI flag (flows pass what users typed)."""
+        if not isinstance(self.objective_params, dict):
+            raise StillroomError(f"must be a mapping of names to numbers, not "
+                                 f"{self.objective_params!r}", where="--objective-param")
         for key, value in self.objective_params.items():
             inputs.real_number(value, f"--objective-param {key}")
         objectives.resolve(self.objective, self.objective_params)
-        if not 0 <= self.kd_weight <= 1:
-            raise StillroomError(f"kd_weight={self.kd_weight} must be in [0, 1]",
-                                 where="--kd-weight")
-        if self.temperature <= 0:
-            raise StillroomError(f"temperature={self.temperature} must be > 0",
-                                 where="--temperature")
+        inputs.real_number(self.kd_weight, "--kd-weight", minimum=0, maximum=1)
+        inputs.real_number(self.temperature, "--temperature", positive=True)
+        inputs.whole_number(self.epochs, "--epochs", minimum=1)
+        if self.max_steps is not None:
+            inputs.whole_number(self.max_steps, "--max-steps", minimum=1)
+        inputs.whole_number(self.batch_size, "--batch-size", minimum=1)
+        inputs.real_number(self.lr, "--lr", positive=True)
+        inputs.whole_number(self.seed, "--seed", minimum=0)
+        heldout.check_fraction(self.heldout_fraction)
+        inputs.whole_number(self.eval_every, "--eval-every", minimum=1)
         if self.prompt_format not in PROMPT_FORMATS:
             raise StillroomError(f"must be one of {', '.join(PROMPT_FORMATS)}, not"
                                  f" {self.prompt_format!r}", where="--prompt-format")
-        if self.batch_size < 1 or self.epochs < 1 or self.lr <= 0:
-            raise StillroomError("batch_size and epochs must be >= 1 and lr > 0", where="train")
 
 
 @dataclass
@@ -78,6 +89,8 @@ class Example:
     topk_ids: list[list[int]]
     topk_logprobs: list[list[float]]
     topk_tail: list[float] | None = None   # None: not stored (v1 soft labels)
+    prompt_key: str = ""      # the prompt it answers (`heldout.prompt_key`): the split's unit
+    response_id: str = ""
 
 
 def build_examples(rows: Any, tokenizer: Any,
@@ -111,7 +124,8 @@ def build_examples(rows: Any, tokenizer: Any,
             input_ids=prompt_ids + targets, first_target=len(prompt_ids) - 1, targets=targets,
             topk_ids=[list(x) for x in row["topk_ids"] or []],
             topk_logprobs=[list(x) for x in row["topk_logprobs"] or []],
-            topk_tail=list(tail) if tail is not None else None))
+            topk_tail=list(tail) if tail is not None else None,
+            prompt_key=heldout.prompt_key(row), response_id=str(row.get("response_id", ""))))
     if missing:
         raise StillroomError(f"{missing} rows have no zero-shot prompt (only prompts built from"
                              " procedural tasks have one): train them with --prompt-format"
@@ -161,6 +175,32 @@ def distillation_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor],
         logits, batch["targets"], batch["kd_ids"], batch["kd_logprobs"], batch.get("kd_tail"),
         batch["kd_mask"], objective=config.objective, params=config.objective_params,
         temperature=config.temperature, kd_weight=config.kd_weight)
+
+
+def evaluate(model: Any, examples: list[Example], pad_id: int, device: torch.device,
+             batch_size: int, step: int) -> dict[str, Any]:
+    """Held-out metrics at `step`, teacher-forced, without gradients, in eval mode (the model
+    is left in the mode it was in)."""
+    was_training = model.training
+    model.eval()
+    tally = heldout.Tally()
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            batch = {name: tensor.to(device) for name, tensor in
+                     collate(examples[start:start + batch_size], pad_id).items()}
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = response_logits(model, batch)
+            tally.add(logits.float(), batch)
+    model.train(was_training)
+    return tally.result(step)
+
+
+def split_heldout(examples: list[Example],
+                  fraction: float) -> tuple[list[Example], list[Example]]:
+    """(examples to train on, held-out examples), split by prompt (`heldout.split`)."""
+    held = heldout.split([e.prompt_key for e in examples], fraction)
+    return ([e for e, h in zip(examples, held, strict=True) if not h],
+            [e for e, h in zip(examples, held, strict=True) if h])
 
 
 def _device() -> torch.device:
@@ -224,7 +264,8 @@ def train(model_dir: Path, rows: Any, config: TrainConfig, out: Path, progress: 
 
     With `checkpoints`, the full training state (trainable weights, optimizer, scheduler, RNGs,
     position in the data order) is saved every `checkpoint_every` steps and at the end, and a
-    run that finds one resumes from it, ending with the weights an uninterrupted run would have.
+    run that finds one resumes from it, ending with the weights an uninterrupted run would have
+    and the same held-out history (`summary["heldout"]`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -240,6 +281,11 @@ def train(model_dir: Path, rows: Any, config: TrainConfig, out: Path, progress: 
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     examples, compatibility = preflight(tokenizer, model, rows, config, teacher_model,
                                         teacher_revision)
+    examples, tracked = split_heldout(examples, config.heldout_fraction)
+    if tracked:
+        log.info("holding out %d rows (%d prompts) of %d for evaluation, never trained on",
+                 len(tracked), len({e.prompt_key for e in tracked}),
+                 len(tracked) + len(examples))
     steps_per_epoch = -(-len(examples) // config.batch_size)
     total = config.max_steps or steps_per_epoch * config.epochs
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -247,14 +293,28 @@ def train(model_dir: Path, rows: Any, config: TrainConfig, out: Path, progress: 
         * max(0.0, 1 - s / total) if total > 1 else 1.0)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     history: list[dict[str, float]] = []
+    evals: list[dict[str, Any]] = []
     step, order, next_batch = 0, None, 0
     saved = checkpoints.latest() if checkpoints else None
     if saved:
         _restore(model, optimizer, schedule, rng, saved)
         step, order, next_batch = saved["step"], saved["order"], saved["next_batch"]
-        history = saved["history"]
+        history, evals = saved["history"], saved.get("heldout", [])
         log.info("resumed training from step %d of %d (%s)", step, total, checkpoints.directory)
     resumed_from = step
+    speed = Throughput()
+
+    def track(step: int) -> None:
+        """Evaluate on the held-out rows and say how training stands."""
+        entry = evaluate(model, tracked, pad_id, device, config.batch_size, step)
+        evals.append(entry)
+        since = history[evals[-2]["step"] if len(evals) > 1 else 0:step]  # since the last one
+        loss = f"loss {sum(h['loss'] for h in since) / len(since):.3f}, " if since else ""
+        log.info("step %d/%d: %s%s, %s", step, total, loss, heldout.describe(entry),
+                 f"{speed.rate():.0f} tok/s" if step > resumed_from else "before training")
+
+    if tracked and not saved:
+        track(0)
     model.train()
     started = time.monotonic()
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not progress)
@@ -266,8 +326,9 @@ def train(model_dir: Path, rows: Any, config: TrainConfig, out: Path, progress: 
         for start in range(next_batch * config.batch_size, len(order), config.batch_size):
             if step >= total:
                 break
-            batch = {name: tensor.to(device) for name, tensor in collate(
-                [examples[i] for i in order[start:start + config.batch_size]], pad_id).items()}
+            chosen = [examples[i] for i in order[start:start + config.batch_size]]
+            speed.begin()
+            batch = {name: tensor.to(device) for name, tensor in collate(chosen, pad_id).items()}
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 logits = response_logits(model, batch)
             loss, parts = distillation_loss(logits, batch, config)   # upcasts to fp32 itself
@@ -276,11 +337,14 @@ def train(model_dir: Path, rows: Any, config: TrainConfig, out: Path, progress: 
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             schedule.step()
+            speed.end(sum(len(e.targets) for e in chosen))
             history.append(parts)
             step += 1
             next_batch += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{parts['loss']:.3f}")
+            bar.set_postfix(loss=f"{parts['loss']:.3f}", tok_s=f"{speed.rate():.0f}")
+            if tracked and (step % config.eval_every == 0 or step == total):
+                track(step)
             if checkpoints and (step % checkpoint_every == 0 or step == total):
                 checkpoints.save(step, {
                     "model": _trainable_state(model), "optimizer": optimizer.state_dict(),
@@ -288,7 +352,8 @@ def train(model_dir: Path, rows: Any, config: TrainConfig, out: Path, progress: 
                     "torch_rng": torch.get_rng_state(),
                     "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available()
                     else None,
-                    "order": order, "next_batch": next_batch, "history": history})
+                    "order": order, "next_batch": next_batch, "history": history,
+                    "heldout": evals})
         else:
             order = None  # the epoch is done; the next one reshuffles
     bar.close()
@@ -303,9 +368,33 @@ def train(model_dir: Path, rows: Any, config: TrainConfig, out: Path, progress: 
         "trainable_params": sum(p.numel() for p in params),
         "first_loss": round(sum(h["loss"] for h in history[:window]) / window, 4),
         "last_loss": round(sum(h["loss"] for h in history[-window:]) / window, 4),
-        "seconds": round(time.monotonic() - started, 2), "config": asdict(config),
-        "coverage": compatibility["soft_labels"], "compatibility": compatibility}
-    (out / "training.json").write_text(json.dumps({**summary, "history": history}, indent=1))
-    log.info("trained %d steps: loss %.3f -> %.3f", step, summary["first_loss"],
-             summary["last_loss"])
+        "seconds": round(time.monotonic() - started, 2),
+        "tokens_per_s": round(speed.rate(), 1), "config": asdict(config),
+        "heldout_rows": len(tracked), "heldout_prompts": len({e.prompt_key for e in tracked}),
+        "heldout": evals, "coverage": compatibility["soft_labels"],
+        "compatibility": compatibility}
+    (out / "training.json").write_text(json.dumps(
+        {**summary, "heldout_response_ids": [e.response_id for e in tracked],
+         "history": history}, indent=1))
+    final = f", {heldout.describe(evals[-1])}" if evals else ""
+    log.info("trained %d steps: loss %.3f -> %.3f%s", step, summary["first_loss"],
+             summary["last_loss"], final)
     return summary
+
+
+class Throughput:
+    """Response (target) tokens per second over the training steps this process ran, held-out
+    evaluations and checkpoint writes excluded."""
+
+    def __init__(self) -> None:
+        self.tokens, self.seconds, self._since = 0, 0.0, 0.0
+
+    def begin(self) -> None:
+        self._since = time.perf_counter()
+
+    def end(self, tokens: int) -> None:
+        self.seconds += time.perf_counter() - self._since
+        self.tokens += tokens
+
+    def rate(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
