@@ -84,14 +84,16 @@ metrics: [accuracy]
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, help="training steps per arm (300; --quick 6)")
+    parser.add_argument("--steps", type=int,
+                        help="training steps per arm (the demo's; --quick 6)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--layers", type=int,
-                        help="teacher layers the student keeps (4; --quick 2)")
+                        help="teacher layers the student keeps (the demo's; --quick 2)")
     parser.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=sorted(ARMS))
     parser.add_argument("--catalog", help="state directory to use and reuse (STILLROOM_HOME)")
     parser.add_argument("--kd-weight", type=float, default=0.5, help="KD arms' KD weight")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, help="learning rate (the demo's)")
+    parser.add_argument("--warmup-steps", type=int, help="warm-up steps (the demo's)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--eval-every", type=int, help="held-out evaluation period (steps/10)")
     parser.add_argument("--heldout-fraction", type=float, default=0.1)
@@ -100,8 +102,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if "sft" not in args.arms or len(args.arms) < 2:
         parser.error("--arms needs sft and at least one KD arm")
-    args.steps = args.steps or (6 if args.quick else 300)
-    args.layers = args.layers or (2 if args.quick else 4)
+    from stillroom.demo import DEMO_LAYERS, DEMO_STEPS, DEMO_TRAINING
+
+    args.steps = args.steps or (6 if args.quick else DEMO_STEPS)
+    args.layers = args.layers or (2 if args.quick else DEMO_LAYERS)
+    # The demo's students answer the bare question; the quick run's free-form prompts have none.
+    args.prompt_format = "teacher" if args.quick else DEMO_TRAINING["prompt_format"]
+    args.lr = args.lr or DEMO_TRAINING["lr"]
+    args.warmup_steps = DEMO_TRAINING["warmup_steps"] if args.warmup_steps is None \
+        else args.warmup_steps
     if args.steps < 1 or args.layers < 1 or not args.seeds:
         parser.error("--steps and --layers must be >= 1 and --seeds not empty")
     args.eval_every = args.eval_every or max(1, args.steps // 10)
@@ -128,14 +137,15 @@ def quick_teacher(catalog: Any, work: Path) -> tuple[str, str, dict[str, Any]]:
 
 
 def demo_teacher(catalog: Any) -> tuple[str, str, dict[str, Any]]:
-    from stillroom.demo import DEMO_HOUR_PRICE_USD, DEMO_TEACHER
+    from stillroom.demo import DEMO_HOUR_PRICE_USD, DEMO_SAMPLING, DEMO_TEACHER
     from stillroom.flows.distill import DEMO_PROMPTS, DEMO_SUITE
     from stillroom.tasks.models import materialize_demo_teacher
     from stillroom.tasks.teachers import add_teacher
 
     add_teacher(catalog, DEMO_TEACHER, str(materialize_demo_teacher()), "gemma",
                 gpu_hour_usd=DEMO_HOUR_PRICE_USD)
-    return DEMO_TEACHER, DEMO_SUITE, {"prompts": DEMO_PROMPTS, "max_tokens": None,
+    return DEMO_TEACHER, DEMO_SUITE, {"prompts": DEMO_PROMPTS,
+                                      "max_tokens": DEMO_SAMPLING["max_tokens"],
                                       "backend": "vllm"}
 
 
@@ -216,7 +226,8 @@ def train_arm(catalog: Any, dataset_id: str, arm: str, seed: int,
     spec = {"kd_weight": args.kd_weight, **ARMS[arm]}
     config = TrainConfig(max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          seed=seed, heldout_fraction=args.heldout_fraction,
-                         eval_every=args.eval_every, **spec)
+                         eval_every=args.eval_every, prompt_format=args.prompt_format,
+                         warmup_steps=args.warmup_steps, **spec)
     started = time.monotonic()
     summary = students.train_student(catalog, dataset_id, f"kd-{arm}-s{seed}", args.layers,
                                      config, progress=False)

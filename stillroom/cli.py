@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 from stillroom import inputs, settings
 from stillroom.catalog import Catalog
+from stillroom.demo import DEMO_LAYERS, DEMO_STEPS
 from stillroom.errors import StillroomError
 from stillroom.runs import reconcile
 from stillroom.tasks.prompts import PROMPT_FORMATS
@@ -139,7 +140,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
                          lr=args.lr, kd_weight=args.kd_weight, temperature=args.temperature,
                          seed=args.seed, objective=args.objective,
                          objective_params=dict(args.objective_param),
-                         prompt_format=args.prompt_format,
+                         prompt_format=args.prompt_format, warmup_steps=args.warmup_steps,
                          **{key: getattr(args, key) for key in ("heldout_fraction", "eval_every")
                             if getattr(args, key) is not None})  # else TrainConfig's defaults
     every = {"checkpoint_every": args.checkpoint_every} if args.checkpoint_every else {}
@@ -200,7 +201,7 @@ def cmd_dashboard(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     from stillroom.demo import run_demo
 
-    return run_demo(student_layers=args.layers, epochs=args.epochs)
+    return run_demo(student_layers=args.layers, steps=args.steps)
 
 
 def fail(where: str, what: str) -> NoReturn:
@@ -426,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-steps", type=COUNT, help="stop after this many steps (>= 1)")
     train.add_argument("--batch-size", type=COUNT, default=8, help="(>= 1)")
     train.add_argument("--lr", type=POSITIVE, default=3e-4, help="learning rate (> 0)")
+    train.add_argument("--warmup-steps", type=SEED, default=5,
+                       help="steps of linear learning-rate warm-up (>= 0, default 5)")
     train.add_argument("--kd-weight", type=FRACTION, default=0.5,
                        help="weight of the KD term (0-1)")
     train.add_argument("--temperature", type=POSITIVE, default=1.0, help="KD temperature (> 0)")
@@ -484,8 +487,10 @@ def build_parser() -> argparse.ArgumentParser:
     dash.set_defaults(func=cmd_dashboard)
 
     demo = sub.add_parser("demo", help="the whole loop on Gemma 3 270M, on this machine")
-    demo.add_argument("--layers", type=COUNT, default=4, help="student layers (>= 1)")
-    demo.add_argument("--epochs", type=COUNT, default=3, help="(>= 1)")
+    demo.add_argument("--layers", type=COUNT, default=DEMO_LAYERS,
+                      help=f"student layers (>= 1, default {DEMO_LAYERS})")
+    demo.add_argument("--steps", type=COUNT, default=DEMO_STEPS,
+                      help=f"training steps (>= 1, default {DEMO_STEPS})")
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -102,7 +102,8 @@ def train_student(dataset: str, name: str, layers: int = 4, epochs: int = 3,
                   temperature: float = 1.0, objective: str = "forward_kl",
                   objective_params: dict[str, float] | None = None, seed: int = 0,
                   heldout_fraction: float = 0.1, eval_every: int = 50,
-                  max_steps: int | None = None, prompt_format: str = "teacher") -> dict[str, Any]:
+                  max_steps: int | None = None, prompt_format: str = "teacher",
+                  warmup_steps: int = 5) -> dict[str, Any]:
     """Cut a student from the dataset's teacher and train it (SFT plus the `objective`'s
     divergence to the teacher's soft labels), tracking it on a held-out share of prompts."""
     reconcile(Catalog())
@@ -114,7 +115,7 @@ def train_student(dataset: str, name: str, layers: int = 4, epochs: int = 3,
                          objective=objective,
                          objective_params={} if objective_params is None else objective_params,
                          heldout_fraction=heldout_fraction, eval_every=eval_every,
-                         prompt_format=prompt_format)
+                         prompt_format=prompt_format, warmup_steps=warmup_steps)
     return students.train_student(Catalog(), dataset, name, layers, config)
 
 
@@ -144,8 +145,8 @@ def distill(teacher: str, prompts: str = DEMO_PROMPTS, suite: str = DEMO_SUITE,
             stop: list[str] | None = None, objective: str = "forward_kl",
             objective_params: dict[str, float] | None = None, seed: int = 0,
             heldout_fraction: float = 0.1, eval_every: int = 50, max_steps: int | None = None,
-            lr: float = 3e-4, batch_size: int = 8,
-            prompt_format: str = "teacher") -> dict[str, Any]:
+            lr: float = 3e-4, batch_size: int = 8, prompt_format: str = "teacher",
+            warmup_steps: int = 5) -> dict[str, Any]:
     """The whole loop for one teacher: dataset, student, and teacher-vs-student benchmarks.
 
     Parameters the later stages take are checked first, so a bad one fails in seconds, not
@@ -158,7 +159,7 @@ def distill(teacher: str, prompts: str = DEMO_PROMPTS, suite: str = DEMO_SUITE,
                 "seed": seed,
                 "heldout_fraction": heldout_fraction, "eval_every": eval_every,
                 "max_steps": max_steps, "lr": lr, "batch_size": batch_size,
-                "prompt_format": prompt_format}
+                "prompt_format": prompt_format, "warmup_steps": warmup_steps}
     TrainConfig(**training)
     SamplingConfig(max_tokens=max_tokens)
     load_suite(suite)

@@ -44,7 +44,7 @@ class TrainConfig:
     batch_size: int = 8
     lr: float = 3e-4
     weight_decay: float = 0.0
-    warmup_steps: int = 5
+    warmup_steps: int = 5     # linear warm-up, then linear decay to 0 at the last step
     kd_weight: float = 0.5
     temperature: float = 1.0
     freeze_embeddings: bool = True
@@ -73,6 +73,7 @@ class TrainConfig:
             inputs.whole_number(self.max_steps, "--max-steps", minimum=1)
         inputs.whole_number(self.batch_size, "--batch-size", minimum=1)
         inputs.real_number(self.lr, "--lr", positive=True)
+        inputs.whole_number(self.warmup_steps, "--warmup-steps", minimum=0)
         inputs.whole_number(self.seed, "--seed", minimum=0)
         heldout.check_fraction(self.heldout_fraction)
         inputs.whole_number(self.eval_every, "--eval-every", minimum=1)
