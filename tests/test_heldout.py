@@ -13,7 +13,7 @@ from tiny_dataset import CURATION, cut_dataset
 
 from stillroom.catalog import Catalog
 from stillroom.errors import StillroomError
-from stillroom.tasks import datasets, heldout, models, students, teachers, training
+from stillroom.tasks import cut, datasets, heldout, students, teachers, training
 from stillroom.tasks.curation import curate
 from stillroom.tasks.engine import SamplingConfig
 from stillroom.tasks.generate import generate
@@ -148,7 +148,7 @@ def test_metrics_equal_a_dense_reference_and_improve_with_training(
             .add_column("topk_ids", dense_ids).add_column("topk_logprobs", dense_lp)
             .add_column("topk_tail", [None] * len(rows)))
     init = tmp_path / "init"
-    models.cut_student(str(tiny_model), [0, 3], init)
+    cut.cut_student(str(tiny_model), [0, 3], init)
     config = TrainConfig(max_steps=40, batch_size=4, lr=3e-3, kd_weight=1.0,
                          heldout_fraction=0.25, eval_every=20)
     summary = training.train(init, rows, config, tmp_path / "out", progress=False,
