@@ -28,20 +28,13 @@ not made again, and a student already trained with the same dataset, init and co
 (its recorded held-out history is read back). Without either, a fresh temporary directory.
 `--quick` is a smoke run on the tests' tiny Llama (transformers backend, a few steps).
 
-Expected run time on the project's 2-core CPU machine at the defaults (4 arms x 2 seeds x 300
-steps, 4 layers, batch 8): about 40 minutes with the number-words demo prompts (bare questions
-of about 20 tokens), but about 2 hours with the 3-shot arithmetic prompts (about 105 tokens).
-An extrapolation, not a full run. Measured: `--steps 20 --seeds 0 --arms sft fkl_tail` on the
-3-shot arithmetic demo (71 rows after curation) under a load average of about 10 on the 2 cores:
-generation of the 480 prompts 3.4 min, the teacher's suite run 2.3 min, per student about
-0.6 min to cut and load, 14 s a training step (held-out evaluation every 2 steps included) and
-0.6 min for its suite run (a vLLM engine start of 24 s); 18.8 min in all, 8.5 GB peak RSS
-(the vLLM engine and a training in one process). On a quiet machine (about 5x the CPU
-share) that is about 2.6 s a step on those prompts: 2,400 steps take 1.7 h. The issue measured
-0.85 s a step for a 6-layer student on bare number-words questions (about 0.6 s at 4 layers):
-2,400 steps about 24 min, plus generation about 3 min, 9 suite runs about 5 min, cuts and
-loads about 5 min and held-out evaluations about 1 min. Lower `--steps` or `--arms` if a step
-is slower than that.
+Expected run time on the project's 2-core CPU machine at the defaults (4 arms x 2 seeds x the
+demo's 200 steps, 12 layers, batch 8): measured 2026-11-23 with `--catalog` reusing the
+demo's dataset, 76 min wall, but with a full test suite running beside it and 13.5 min paused;
+a student took 396-514 s to train (held-out evaluation every 20 steps included) and about 30 s
+to benchmark. On a quiet machine a student trains in about 4.5 min, so the 8 arms take about
+40 min plus generation (1 min) and the teacher's suite run. Lower `--steps`, `--seeds` or
+`--arms` to fit a tighter budget.
 
 It prints a table, then one JSON line: `kd_vs_sft_heldout_kl` (best KD arm's final held-out KL
 / SFT's, worst seed), `kd_steps_to_sft_kl` (fraction of the steps the best KD arm needs to
