@@ -61,6 +61,19 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "home"
 
 
+@pytest.fixture
+def with_dataset(tiny_model: Path, home: Path) -> Catalog:
+    """The default catalog holding the tiny teacher and its dataset version `first`."""
+    from tiny_dataset import cut_dataset
+
+    from stillroom.tasks import teachers
+
+    catalog = Catalog().ensure()
+    teacher = teachers.add_teacher(catalog, "tiny", str(tiny_model), "apache-2.0")
+    cut_dataset(catalog, teacher, name="first")
+    return catalog
+
+
 def table_counts(catalog: Catalog) -> dict[str, int]:
     tables = [r["table_name"] for r in catalog.rows(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'")]

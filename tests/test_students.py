@@ -39,14 +39,6 @@ def every_path(root: Path) -> set[Path]:
     return set(root.rglob("*"))
 
 
-@pytest.fixture
-def with_dataset(tiny_model: Path, home: Path) -> Catalog:
-    catalog = Catalog().ensure()
-    teacher = teachers.add_teacher(catalog, "tiny", str(tiny_model), "apache-2.0")
-    cut_dataset(catalog, teacher, name="first")
-    return catalog
-
-
 def test_train_refuses_names_that_leave_the_state_directory(
         with_dataset: Catalog, home: Path, capsys: pytest.CaptureFixture) -> None:
     outside = home.parent

@@ -11,22 +11,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from tiny import other_tokenizer
-from tiny_dataset import cut_dataset
 
 from stillroom.catalog import Catalog
 from stillroom.cli import main
-from stillroom.tasks import cut, models, students, teachers
+from stillroom.tasks import cut, models, students
 from stillroom.tasks.training import TrainConfig
 
 QUICK = ["--max-steps", "1", "--batch-size", "4"]
-
-
-@pytest.fixture
-def with_dataset(tiny_model: Path, home: Path) -> Catalog:
-    catalog = Catalog().ensure()
-    teacher = teachers.add_teacher(catalog, "tiny", str(tiny_model), "apache-2.0")
-    cut_dataset(catalog, teacher, name="first")
-    return catalog
 
 
 def published(catalog: Catalog) -> list[str]:
